@@ -1,0 +1,19 @@
+from django.db import connection
+
+from tests.fixtures.accounts import APP_KEY, APP_SECRET
+
+
+def test_broker_secrets_are_encrypted_at_rest(account):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT app_key, app_secret FROM trading_brokeraccount WHERE id = %s", [account.id])
+        raw_key, raw_secret = cursor.fetchone()
+    assert APP_KEY not in raw_key and APP_SECRET not in raw_secret
+    assert raw_key.startswith("gAAAA")  # a Fernet token
+    account.refresh_from_db()
+    assert (account.app_key, account.app_secret) == (APP_KEY, APP_SECRET)
+
+
+def test_defaults_serve_one_machine(settings):
+    assert settings.TIME_ZONE == "Asia/Seoul"
+    assert settings.LANGUAGE_CODE == "ko"
+    assert settings.WATCHLIST_SYNC_INTERVAL == 30

@@ -1,0 +1,83 @@
+from django.db import models
+
+from trading.models import BrokerAccount
+
+
+class Watchlist(models.Model):
+    """The account's holdings as the app knows them. `version` grows by one per committed change."""
+
+    account = models.OneToOneField(BrokerAccount, on_delete=models.CASCADE, related_name="watchlist")
+    version = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Watchlist of {self.account} v{self.version}"
+
+
+class WatchlistItem(models.Model):
+    watchlist = models.ForeignKey(Watchlist, on_delete=models.CASCADE, related_name="items")
+    stock_code = models.CharField(max_length=6)
+    name = models.CharField(max_length=100)
+    quantity = models.BigIntegerField()
+    avg_price = models.FloatField()
+    current_price = models.BigIntegerField()
+    eval_amount = models.BigIntegerField()
+    pnl = models.BigIntegerField()
+    pnl_rate = models.FloatField()
+    pending = models.BooleanField(default=False, help_text="An optimistic change not yet confirmed by the account.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["stock_code"]
+        constraints = [
+            models.UniqueConstraint(fields=["watchlist", "stock_code"], name="uniq_watchlist_item_code"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stock_code} {self.name} x{self.quantity}"
+
+
+class WatchlistChange(models.Model):
+    """One committed change: the history the admin shows and a client can be replayed from."""
+
+    class Cause(models.TextChoices):
+        SYNC = "sync", "sync"
+        BUY = "buy", "buy"
+        SELL = "sell", "sell"
+
+    watchlist = models.ForeignKey(Watchlist, on_delete=models.CASCADE, related_name="changes")
+    version = models.PositiveIntegerField()
+    added = models.JSONField(default=list)
+    removed = models.JSONField(default=list)
+    updated = models.JSONField(default=list)
+    cause = models.CharField(max_length=8, choices=Cause.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["watchlist", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["watchlist", "version"], name="uniq_watchlist_change_version"),
+        ]
+
+    def __str__(self) -> str:
+        return f"v{self.version} {self.cause}"
+
+
+class SyncState(models.Model):
+    """When the account last synced, how often it failed since, and when to try next."""
+
+    account = models.OneToOneField(BrokerAccount, on_delete=models.CASCADE, related_name="sync_state")
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_error = models.TextField(blank=True)
+
+    @property
+    def status(self) -> str:
+        if self.consecutive_failures:
+            return "failing"
+        return "ok" if self.last_success_at else "never"
+
+    def __str__(self) -> str:
+        return f"sync of {self.account}: {self.status}"
