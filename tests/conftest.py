@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.accounts",
     "tests.fixtures.redis",
     "tests.fixtures.simulator",
+    "tests.fixtures.celery",
     "tests.fixtures.servers",
 ]

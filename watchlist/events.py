@@ -1,0 +1,57 @@
+"""The only module that talks to the channel layer. Message shapes are the contract's."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+logger = logging.getLogger(__name__)
+
+
+def watchlist_group(account_id: int) -> str:
+    return f"account-{account_id}"
+
+
+def _send(account_id: int, event_type: str, message: dict) -> None:
+    layer = get_channel_layer()
+    async_to_sync(layer.group_send)(watchlist_group(account_id), {"type": event_type, "message": message})
+
+
+def watchlist_changed_message(changes: dict[str, list[str]], full_list: list[dict], version: int) -> dict:
+    return {
+        "type": "watchlist_changed",
+        "changes": {key: list(changes.get(key, [])) for key in ("added", "removed", "updated")},
+        "full_list": full_list,
+        "version": version,
+        "timestamp": int(time.time()),
+    }
+
+
+def send_watchlist_changed(account_id: int, message: dict) -> None:
+    """Send a watchlist_changed message (call it after the change committed)."""
+    _send(account_id, "watchlist.changed", message)
+    logger.info("broadcast watchlist_changed account=%s version=%s changes=%s",
+                account_id, message["version"], message["changes"])
+
+
+def send_sync_status(account_id: int, sync: dict) -> None:
+    _send(account_id, "sync.status", {"type": "sync_status", "sync": sync, "timestamp": int(time.time())})
+
+
+def price_update_message(stock_code: str, price: int, change: int, change_rate: float, volume: int) -> dict:
+    return {
+        "type": "price_update",
+        "stock_code": stock_code,
+        "price": price,
+        "change": change,
+        "change_rate": change_rate,
+        "volume": volume,
+        "timestamp": int(time.time()),
+    }
+
+
+def send_price_update(account_id: int, message: dict) -> None:
+    _send(account_id, "price.update", message)

@@ -1,0 +1,61 @@
+"""Reads: the JSON shapes of the contract, built from the database."""
+
+from __future__ import annotations
+
+import time
+
+from trading.models import BrokerAccount
+
+from .models import SyncState, Watchlist, WatchlistItem
+
+
+def unix(dt) -> int | None:
+    return int(dt.timestamp()) if dt else None
+
+
+def item_to_dict(item: WatchlistItem) -> dict:
+    return {
+        "stock_code": item.stock_code,
+        "name": item.name,
+        "quantity": item.quantity,
+        "avg_price": item.avg_price,
+        "current_price": item.current_price,
+        "eval_amount": item.eval_amount,
+        "pnl": item.pnl,
+        "pnl_rate": item.pnl_rate,
+        "pending": item.pending,
+        "updated_at": unix(item.updated_at),
+    }
+
+
+def full_list(watchlist: Watchlist) -> list[dict]:
+    return [item_to_dict(item) for item in watchlist.items.order_by("stock_code")]
+
+
+def sync_status_dict(state: SyncState | None) -> dict:
+    if state is None:
+        state = SyncState()
+    return {
+        "status": state.status,
+        "last_success_at": unix(state.last_success_at),
+        "consecutive_failures": state.consecutive_failures,
+        "next_attempt_at": unix(state.next_attempt_at),
+        "last_error": state.last_error,
+    }
+
+
+def account_dict(account: BrokerAccount) -> dict:
+    return {"id": account.id, "name": account.display_name, "number": account.number}
+
+
+def watchlist_snapshot(account: BrokerAccount) -> dict:
+    """The contract's snapshot: account, version, timestamp, full_list, sync."""
+    watchlist, _ = Watchlist.objects.get_or_create(account=account)
+    state = SyncState.objects.filter(account=account).first()
+    return {
+        "account": account_dict(account),
+        "version": watchlist.version,
+        "timestamp": int(time.time()),
+        "full_list": full_list(watchlist),
+        "sync": sync_status_dict(state),
+    }
