@@ -43,3 +43,53 @@ class BrokerAccount(models.Model):
     @property
     def is_paper(self) -> bool:
         return self.environment == self.Environment.PAPER
+
+
+class Order(models.Model):
+    """Every order that was sent to the broker, whatever came back: the audit trail of trades."""
+
+    class Side(models.TextChoices):
+        BUY = "buy", "buy"
+        SELL = "sell", "sell"
+
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted", "accepted"
+        REJECTED = "rejected", "rejected by the broker"
+        FAILED = "failed", "broker unreachable"
+        UNKNOWN = "unknown", "state unknown (timeout)"
+
+    account = models.ForeignKey(BrokerAccount, on_delete=models.CASCADE, related_name="orders")
+    side = models.CharField(max_length=4, choices=Side.choices)
+    stock_code = models.CharField(max_length=6)
+    qty = models.PositiveIntegerField()
+    price = models.PositiveBigIntegerField(null=True, blank=True, help_text="Limit price in KRW; empty = market.")
+    status = models.CharField(max_length=8, choices=Status.choices)
+    order_no = models.CharField(max_length=32, blank=True, help_text="The broker's order number (ODNO).")
+    broker_code = models.CharField(max_length=16, blank=True, help_text="The broker's msg_cd on a rejection.")
+    message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.side} {self.stock_code} x{self.qty} ({self.status})"
+
+
+class IdempotencyKey(models.Model):
+    """A trade request's Idempotency-Key, claimed (inserted) before the order leaves the process.
+
+    The unique (user, key) row is what makes a repeated or concurrent request wait for, and
+    return, the first one's result instead of placing a second order. `result` stays empty while
+    the first request is in flight."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    result = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="uniq_idempotency_user_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({'done' if self.result is not None else 'in flight'})"
