@@ -16,6 +16,7 @@ Side = Literal["buy", "sell"]
 
 STOCK_CODE_RE = re.compile(r"^[0-9A-Z]{6}$")
 MAX_ORDER_QTY = 1_000_000
+MAX_ORDER_PRICE = 100_000_000  # KRW: far above any KRX share price; keeps typos and overflows out
 
 # One row per position; numbers are numbers. Order matters for display and tests.
 BALANCE_COLUMNS: dict[str, str] = {
@@ -142,6 +143,8 @@ def price_error(price: object) -> str | None:
         return "Price must be a whole number of KRW."
     if price <= 0:
         return "Price must be greater than 0 KRW."
+    if price > MAX_ORDER_PRICE:
+        return f"Price must be at most {MAX_ORDER_PRICE:,} KRW."
     return None
 
 
