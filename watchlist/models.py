@@ -1,4 +1,5 @@
 from django.db import models
+from django.utils import timezone
 
 from trading.models import BrokerAccount
 
@@ -51,6 +52,7 @@ class WatchlistChange(models.Model):
     removed = models.JSONField(default=list)
     updated = models.JSONField(default=list)
     cause = models.CharField(max_length=8, choices=Cause.choices)
+    note = models.TextField(blank=True, help_text="Why, when the codes alone do not say (e.g. an unfilled order reverted).")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -81,3 +83,41 @@ class SyncState(models.Model):
 
     def __str__(self) -> str:
         return f"sync of {self.account}: {self.status}"
+
+
+class PendingTrade(models.Model):
+    """An optimistic change made after the broker accepted an order, open until a sync resolves it.
+
+    `expected_quantity` is what the account should hold of the code once the order fills (0: sold
+    out). A sync confirms it when the balance shows that quantity, and otherwise lets the account
+    win once the grace period since `created_at` has passed.
+    """
+
+    class Side(models.TextChoices):
+        BUY = "buy", "buy"
+        SELL = "sell", "sell"
+
+    class Resolution(models.TextChoices):
+        CONFIRMED = "confirmed", "confirmed by the account"
+        EXPIRED = "expired", "not confirmed within the grace period: the account won"
+
+    watchlist = models.ForeignKey(Watchlist, on_delete=models.CASCADE, related_name="pending_trades")
+    stock_code = models.CharField(max_length=6)
+    side = models.CharField(max_length=4, choices=Side.choices)
+    qty = models.BigIntegerField()
+    expected_quantity = models.BigIntegerField()
+    order_id = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.CharField(max_length=9, choices=Resolution.choices, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(
+                fields=["watchlist"], condition=models.Q(resolved_at__isnull=True), name="open_pending_trade_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.side} {self.stock_code} x{self.qty} (order {self.order_id or '?'})"

@@ -1,0 +1,47 @@
+"""Celery tasks: thin. They load ids and call the services; queued only after the caller's commit.
+
+Beat runs `dispatch_due_syncs` every few seconds; it claims the due accounts in one UPDATE and queues
+one `sync_account` per account, so every account syncs every WATCHLIST_SYNC_INTERVAL, a failing
+account only delays itself (its own backoff), and the work spreads over all worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.db import transaction
+
+from trading.brokers.base import BrokerError
+from trading.models import BrokerAccount
+
+from .services import claim_due_syncs, sync_and_record
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="watchlist.tasks.sync_account", ignore_result=True)
+def sync_account(account_id: int) -> None:
+    account = BrokerAccount.objects.filter(pk=account_id).first()
+    if account is None:
+        logger.info("sync of account=%s dropped: the account no longer exists", account_id)
+        return
+    try:
+        sync_and_record(account)
+    except BrokerError:
+        pass  # recorded, logged and broadcast by the service; the backoff schedules the next attempt
+
+
+@shared_task(name="watchlist.tasks.dispatch_due_syncs", ignore_result=True)
+def dispatch_due_syncs() -> int:
+    account_ids = claim_due_syncs()
+    for account_id in account_ids:
+        sync_account.delay(account_id)
+    if account_ids:
+        logger.info("queued %d account syncs", len(account_ids))
+    return len(account_ids)
+
+
+def request_sync(account_id: int) -> None:
+    """Queue a sync of the account once the current transaction commits (at once outside one)."""
+    transaction.on_commit(lambda: sync_account.delay(account_id), robust=True)
