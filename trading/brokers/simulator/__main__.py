@@ -1,0 +1,60 @@
+"""python -m trading.brokers.simulator --host 127.0.0.1 --port 8765  (--port 0 picks a free port)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+
+from aiohttp import web
+
+from .app import create_app
+from .state import SimulatorState
+
+logger = logging.getLogger("trading.brokers.simulator")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m trading.brokers.simulator", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--tick-interval", type=float, default=1.0, help="seconds between price moves (0: still)")
+    parser.add_argument(
+        "--timeout-delay", type=float, default=30.0, help="how long a 'timeout' fault holds its answer back"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed of the price walk, for repeatable runs")
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    app = create_app(SimulatorState(seed=args.seed), tick_interval=args.tick_interval, timeout_delay=args.timeout_delay)
+    runner = web.AppRunner(
+        app, shutdown_timeout=1.0, access_log=logging.getLogger("aiohttp.access") if args.access_log else None
+    )
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    await web.SockSite(runner, sock, backlog=1024).start()
+    # The fixture reads this line to learn the port when it asked for port 0.
+    print(f"KIS simulator listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
