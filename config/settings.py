@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # swagger-ui served locally: /api/docs/ works offline
     "channels",
     "trading",
     "watchlist",
@@ -170,6 +171,11 @@ WATCHLIST_LOCK_TIMEOUT = int(os.environ.get("WATCHLIST_LOCK_TIMEOUT", "30"))
 KIS_SIMULATOR_URL = os.environ.get("KIS_SIMULATOR_URL", "http://127.0.0.1:8765")
 KIS_BASE_URL = os.environ.get("KIS_BASE_URL", KIS_SIMULATOR_URL)
 KIS_TIMEOUT = float(os.environ.get("KIS_TIMEOUT", "5"))
+# Client-side REST rate per app key, in calls per second, shared by every process (kis-api.md).
+KIS_RATE_LIMIT_REAL = float(os.environ.get("KIS_RATE_LIMIT_REAL", "18"))
+KIS_RATE_LIMIT_PAPER = float(os.environ.get("KIS_RATE_LIMIT_PAPER", "2"))
+# KIS answers EGW00133 to a token asked for within about a minute of the last one.
+KIS_TOKEN_MIN_INTERVAL = float(os.environ.get("KIS_TOKEN_MIN_INTERVAL", "60"))
 
 
 def _field_encryption_key() -> str:
@@ -201,6 +207,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "A KIS brokerage watchlist that follows the account, with trades and live updates.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Production hardening (`manage.py check --deploy` clean with DJANGO_DEBUG=0)

@@ -1,0 +1,248 @@
+"""The KIS simulator on the wire (raw HTTP, as KIS clients speak it) and its in-memory state."""
+
+import httpx
+import pytest
+
+from trading.brokers.simulator import SimulatorState
+
+BALANCE = "/uapi/domestic-stock/v1/trading/inquire-balance"
+ORDER = "/uapi/domestic-stock/v1/trading/order-cash"
+PRICE = "/uapi/domestic-stock/v1/quotations/inquire-price"
+BALANCE_QUERY = {
+    "ACNT_PRDT_CD": "01", "AFHR_FLPR_YN": "N", "OFL_YN": "", "INQR_DVSN": "02", "UNPR_DVSN": "01",
+    "FUND_STTL_ICLD_YN": "N", "FNCG_AMT_AUTO_RDPT_YN": "N", "PRCS_DVSN": "00",
+    "CTX_AREA_FK100": "", "CTX_AREA_NK100": "",
+}
+
+
+class Wire:
+    """A bare KIS client: just enough to speak to the simulator by hand."""
+
+    def __init__(self, url: str, appkey: str = "wire-test-key") -> None:
+        self.http = httpx.Client(base_url=url, timeout=10)
+        self.appkey = appkey
+        self.token = self.issue_token().json()["access_token"]
+
+    def issue_token(self, appkey: str | None = None, appsecret: str = "secret") -> httpx.Response:
+        body = {"grant_type": "client_credentials", "appkey": self.appkey if appkey is None else appkey,
+                "appsecret": appsecret}
+        return self.http.post("/oauth2/tokenP", json=body)
+
+    def headers(self, tr_id: str, **extra: str) -> dict:
+        return {"authorization": f"Bearer {self.token}", "appkey": self.appkey, "appsecret": "secret",
+                "tr_id": tr_id, "custtype": "P", "content-type": "application/json; charset=utf-8"} | extra
+
+    def balance(self, cano: str, tr_id: str = "VTTC8434R", tr_cont: str = "", fk: str = "", nk: str = "") -> httpx.Response:
+        query = BALANCE_QUERY | {"CANO": cano, "CTX_AREA_FK100": fk, "CTX_AREA_NK100": nk}
+        return self.http.get(BALANCE, params=query, headers=self.headers(tr_id, tr_cont=tr_cont))
+
+    def order(self, cano: str, code: str, qty: int, price: int | None = None, tr_id: str = "VTTC0012U") -> dict:
+        body = {"CANO": cano, "ACNT_PRDT_CD": "01", "PDNO": code, "ORD_DVSN": "01" if price is None else "00",
+                "ORD_QTY": str(qty), "ORD_UNPR": str(price or 0)}
+        return self.http.post(ORDER, json=body, headers=self.headers(tr_id)).json()
+
+    def price(self, code: str) -> httpx.Response:
+        query = {"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": code}
+        return self.http.get(PRICE, params=query, headers=self.headers("FHKST01010100"))
+
+    def all_pages(self, cano: str, tr_id: str = "VTTC8434R") -> list[tuple[str, list[dict]]]:
+        pages, response = [], self.balance(cano, tr_id)
+        while True:
+            body = response.json()
+            pages.append((response.headers["tr_cont"], body["output1"]))
+            if response.headers["tr_cont"] in ("D", "E"):
+                return pages
+            response = self.balance(cano, tr_id, "N", body["ctx_area_fk100"], body["ctx_area_nk100"])
+
+
+@pytest.fixture
+def wire(simulator):
+    client = Wire(simulator.url)
+    yield client
+    client.http.close()
+
+
+def many_holdings(count: int) -> list[dict]:
+    return [{"stock_code": f"9{i:05d}", "quantity": i + 1, "avg_price": 10_000 + i} for i in range(count)]
+
+
+def test_token_is_reused_within_hours_and_survives_reset(simulator, wire):
+    again = wire.issue_token().json()
+    assert again["access_token"] == wire.token
+    assert again["token_type"] == "Bearer" and 0 < again["expires_in"] <= 86_400
+    simulator.reset()
+    assert wire.price("005930").json()["rt_cd"] == "0"
+
+
+def test_empty_app_key_or_secret_answers_kis_error(wire):
+    for appkey, appsecret, code in (("", "secret", "EGW00103"), ("key", "", "EGW00105")):
+        response = wire.issue_token(appkey, appsecret)
+        assert response.status_code == 403
+        assert response.json()["error_code"] == code
+
+
+def test_headers_are_checked_like_kis(simulator, wire):
+    def refusal(response: httpx.Response) -> str:
+        assert response.json()["rt_cd"] == "1"
+        return response.json()["msg_cd"]
+
+    query = BALANCE_QUERY | {"CANO": "50123456"}
+    assert refusal(wire.http.get(BALANCE, params=query, headers=wire.headers("VTTC8434R", authorization="Bearer nope"))) == "EGW00121"
+    assert refusal(wire.http.get(BALANCE, params=query, headers=wire.headers("XXXX0000R"))) == "OPSQ0002"
+    assert refusal(wire.balance("50123456", tr_id="TTTC8434R")) == "EGW02006"
+    assert refusal(wire.http.get(BALANCE, params=query, headers=wire.headers("VTTC8434R", custtype=""))) == "OPSQ2002"
+    assert refusal(wire.http.get(BALANCE, params={"CANO": "50123456"}, headers=wire.headers("VTTC8434R"))) == "OPSQ2001"
+
+
+def test_seeded_demo_account_and_values_are_strings(wire):
+    [(tr_cont, rows)] = wire.all_pages("50123456")
+    assert tr_cont == "D"
+    by_code = {row["pdno"]: row for row in rows}
+    assert by_code["005930"]["prdt_name"] == "삼성전자" and by_code["005930"]["hldg_qty"] == "10"
+    summary = wire.balance("50123456").json()["output2"][0]
+    assert all(isinstance(v, str) for row in rows for v in row.values())
+    assert all(isinstance(v, str) for v in summary.values()) and int(summary["dnca_tot_amt"]) > 0
+
+
+@pytest.mark.parametrize(("environment", "tr_id", "sizes", "conts"), [
+    ("paper", "VTTC8434R", [20, 20, 20, 5], ["F", "M", "M", "E"]),
+    ("real", "TTTC8434R", [50, 15], ["F", "E"]),
+])
+def test_balance_pages_like_kis(simulator, wire, environment, tr_id, sizes, conts):
+    simulator.configure_account("61000001", environment=environment)
+    simulator.set_holdings("61000001", many_holdings(65))
+    pages = wire.all_pages("61000001", tr_id)
+    assert [len(rows) for _, rows in pages] == sizes
+    assert [cont for cont, _ in pages] == conts
+    codes = [row["pdno"] for _, rows in pages for row in rows]
+    assert codes == sorted({h["stock_code"] for h in many_holdings(65)})
+
+
+def test_continuation_keys_count_only_with_tr_cont_n(simulator, wire):
+    simulator.set_holdings("61000002", many_holdings(30))
+    first = wire.balance("61000002").json()
+    again = wire.balance("61000002", fk=first["ctx_area_fk100"], nk=first["ctx_area_nk100"])
+    assert again.json()["output1"] == first["output1"]
+
+
+def test_market_orders_fill_and_a_sold_out_position_stays_with_zero(simulator, wire):
+    answer = wire.order("50123456", "005930", 10, tr_id="VTTC0011U")
+    assert answer["rt_cd"] == "0" and answer["msg_cd"] == "40590000"
+    assert set(answer["output"]) == {"KRX_FWDG_ORD_ORGNO", "ODNO", "ORD_TMD"}
+    [(_, rows)] = wire.all_pages("50123456")
+    sold = next(row for row in rows if row["pdno"] == "005930")
+    assert sold["hldg_qty"] == "0" and sold["thdt_sll_qty"] == "10"
+    assert "005930" not in {h["stock_code"] for h in simulator.account("50123456")["holdings"]}
+
+    bought = wire.order("50123456", "123450", 3, tr_id="VTTC0802U")  # old TR id, a generated stock
+    assert bought["msg_cd"] == "40600000"
+    [order] = [o for o in simulator.orders("50123456") if o["order_no"] == bought["output"]["ODNO"]]
+    assert order["status"] == "filled" and order["side"] == "buy" and order["qty"] == 3
+
+
+def test_limit_orders_fill_when_the_price_reaches_them(simulator, wire):
+    simulator.set_prices_moving(False)
+    simulator.set_price("005930", 70_000)
+    buy = wire.order("50123456", "005930", 2, price=60_000)
+    sell = wire.order("50123456", "005930", 4, price=80_000, tr_id="VTTC0011U")
+    assert {o["status"] for o in simulator.orders("50123456")} == {"pending"}
+    assert next(h for h in simulator.account("50123456")["holdings"] if h["stock_code"] == "005930")["orderable_quantity"] == 6
+
+    simulator.set_price("005930", 59_500)
+    simulator.set_price("005930", 80_100)
+    filled = {o["order_no"]: o for o in simulator.orders("50123456")}
+    assert filled[buy["output"]["ODNO"]]["fill_price"] == 60_000
+    assert filled[sell["output"]["ODNO"]]["fill_price"] == 80_000
+    holding = next(h for h in simulator.account("50123456")["holdings"] if h["stock_code"] == "005930")
+    assert holding["quantity"] == 10 + 2 - 4
+
+
+def test_refusals_sell_beyond_holding_closed_market_and_price_band(simulator, wire):
+    assert wire.order("50123456", "005930", 11, tr_id="VTTC0011U")["msg_cd"] == "APBK0400"
+    assert wire.order("50123456", "000000", 1, tr_id="VTTC0011U")["msg_cd"] == "APBK0400"
+    assert wire.order("50123456", "005930", 1, price=10_000)["msg_cd"] == "APBK0506"
+    simulator.set_market_open(False)
+    assert wire.order("50123456", "005930", 1)["msg_cd"] == "40580000"
+    assert simulator.orders("50123456") == []
+    assert simulator.stats()["orders_rejected"] == 4
+
+
+def test_current_price_answers_kis_fields(simulator, wire):
+    simulator.set_prices_moving(False)
+    simulator.set_price("005930", 73_000)
+    output = wire.price("005930").json()["output"]
+    assert (output["stck_prpr"], output["prdy_vrss"], output["prdy_vrss_sign"], output["prdy_ctrt"]) == (
+        "73000", "1000", "2", "1.39")
+    assert (output["stck_mxpr"], output["stck_llam"]) == ("93600", "50400")
+    assert wire.price("00593").json()["msg_cd"] == "OPSQ2002"
+
+
+def test_faults_hit_the_next_api_calls_tokenp_included(simulator, wire):
+    simulator.inject_fault("http_500", 2)
+    assert wire.issue_token().status_code == 500
+    assert wire.price("005930").status_code == 500
+    assert wire.price("005930").json()["rt_cd"] == "0"
+
+    simulator.inject_fault("rate_limit", 1)
+    assert wire.price("005930").json()["msg_cd"] == "EGW00201"
+
+    simulator.inject_fault("token_expired", 1)
+    assert wire.price("005930").json()["msg_cd"] == "EGW00123"
+    assert wire.price("005930").json()["msg_cd"] == "EGW00123"  # the token really expired
+    wire.token = wire.issue_token().json()["access_token"]
+    assert wire.price("005930").json()["rt_cd"] == "0"
+
+    simulator.inject_fault("timeout", 1, delay=1.5)
+    with pytest.raises(httpx.ReadTimeout):
+        wire.http.get(PRICE, params={"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": "005930"},
+                      headers=wire.headers("FHKST01010100"), timeout=0.3)
+    assert simulator.calls("inquire-price") == 7 and simulator.calls("tokenP") == 3
+
+
+def test_control_api_refuses_bad_input(simulator):
+    for path, body in (
+        ("/_fake/accounts/5012345/holdings", []),
+        ("/_fake/accounts/50123456/holdings", [{"stock_code": "5930", "quantity": 1, "avg_price": 1}]),
+        ("/_fake/accounts/50123456/holdings", [{"stock_code": "005930", "quantity": -1, "avg_price": 1}]),
+        ("/_fake/prices/005930", {"price": 0}),
+    ):
+        assert httpx.put(simulator.url + path, json=body).status_code == 400
+    assert httpx.post(simulator.url + "/_fake/faults", json={"mode": "boom", "count": 1}).status_code == 400
+
+
+# --- the in-memory state, directly ---------------------------------------------------------
+
+def test_listeners_see_every_tick_and_fill():
+    state = SimulatorState(seed=7)
+    events = []
+    state.add_listener(events.append)
+    state.tick()
+    ticks = [e for e in events if e["kind"] == "tick"]
+    assert {e["stock_code"] for e in ticks} == set(state.stocks)
+    assert set(ticks[0]) == {"kind", "stock_code", "price", "change", "change_rate", "volume", "open", "high",
+                             "low", "trade_volume", "time"}
+    order = state.place_order("50123456", "035720", "buy", 5, None, "VTTC0012U")
+    [fill] = [e for e in events if e["kind"] == "fill"]
+    assert fill | {"price": 0, "time": "", "name": ""} == {
+        "kind": "fill", "cano": "50123456", "hts_id": "sim50123456", "order_no": order.order_no,
+        "stock_code": "035720", "side": "buy", "qty": 5, "price": 0, "time": "", "name": ""}
+    assert state.account_by_hts_id("sim50123456").cano == "50123456"
+
+
+def test_prices_walk_inside_the_daily_band():
+    state = SimulatorState(seed=1)
+    state.set_price("005930", 93_000)  # near the upper limit of 93,600
+    for _ in range(500):
+        state.tick()
+    for stock in state.stocks.values():
+        assert stock.lower_limit <= stock.price <= stock.upper_limit
+        assert stock.low <= stock.price <= stock.high
+
+
+def test_unknown_codes_and_accounts_are_made_on_demand():
+    state = SimulatorState()
+    stock = state.stock("A12345")
+    assert stock.name and stock.price > 0 and state.stock("A12345") is stock
+    assert SimulatorState().stock("A12345").price == stock.price  # the same code, the same stock
+    account = state.account("77777777")
+    assert (account.environment, account.hts_id, account.positions) == ("paper", "sim77777777", {})
