@@ -21,6 +21,10 @@ intents:
 - not shown after the grace period: the account wins (cause `sync`, the change's note says which
   orders were not confirmed).
 "Now" comes from an injectable clock, so tests move time instead of sleeping.
+One window stays open by nature: a sync that reads the balance after the broker filled an order but
+applies it before that order's trade event makes the event count twice (the stored base already held
+the fill). Nothing in the balance tells that apart from an order not filled yet, so the doubled item
+stays pending until the grace period ends and the account wins.
 
 Sync state. Every attempt of the periodic task and of a manual sync is recorded by
 `record_sync_outcome`: success -> next attempt after WATCHLIST_SYNC_INTERVAL; the n-th failure in a

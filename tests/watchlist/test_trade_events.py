@@ -1,0 +1,190 @@
+"""handle_trade_event: optimistic changes, then the reconciling sync confirms, keeps or reverts them."""
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from trading.brokers.memory import MemoryBroker
+from watchlist.models import PendingTrade, Watchlist, WatchlistChange, WatchlistItem
+from watchlist.services import WatchlistService
+
+from .broadcasts import GroupListener
+
+pytestmark = pytest.mark.django_db
+
+GRACE = timedelta(seconds=60)
+
+
+@pytest.fixture(autouse=True)
+def clean_redis(redis_client):
+    """Locks, groups and the Celery queue of this Redis db start empty."""
+
+
+@pytest.fixture
+def broker():
+    return MemoryBroker()
+
+
+@pytest.fixture
+def run(django_capture_on_commit_callbacks):
+    """Run a service call and the on-commit callbacks it registered (these tests run in a transaction)."""
+
+    def run_committed(call, *args, **kwargs):
+        with django_capture_on_commit_callbacks(execute=True):
+            return call(*args, **kwargs)
+
+    return run_committed
+
+
+def trade(run, account, broker, code, side, qty, price=None):
+    """What the trade API does: the broker accepts the order, then the watchlist follows at once."""
+    order_id = broker.place_order(code, side, qty, price)
+    return run(WatchlistService(account, broker).handle_trade_event, code, side, qty, order_id=order_id, price=price)
+
+
+def sync(run, account, broker, *, after=timedelta(0)):
+    clock = lambda: timezone.now() + after  # noqa: E731
+    return run(WatchlistService(account, broker, clock=clock).sync_with_account)
+
+
+def items(account) -> dict[str, tuple[int, bool]]:
+    return {i.stock_code: (i.quantity, i.pending) for i in WatchlistItem.objects.filter(watchlist__account=account)}
+
+
+def last_change(account) -> WatchlistChange:
+    return WatchlistChange.objects.filter(watchlist__account=account).order_by("-version").first()
+
+
+def queued_syncs(redis_client) -> list[str]:
+    messages = [json.loads(raw) for raw in redis_client.lrange("celery", 0, -1)]
+    return [m["headers"]["argsrepr"] for m in messages if m["headers"]["task"] == "watchlist.tasks.sync_account"]
+
+
+def test_a_buy_of_a_new_code_adds_it_pending_broadcasts_and_queues_a_sync(account, broker, run, redis_client):
+    with GroupListener(account.id) as listener:
+        version = trade(run, account, broker, "005930", "buy", 10, price=70_000)
+        [message] = listener.changes()
+    assert version == 1 and message["version"] == 1
+    assert message["changes"] == {"added": ["005930"], "removed": [], "updated": []}
+    row = message["full_list"][0]
+    assert (row["quantity"], row["pending"], row["avg_price"], row["eval_amount"]) == (10, True, 70_000.0, 700_000)
+    assert last_change(account).cause == "buy"
+    intent = PendingTrade.objects.get()
+    assert (intent.side, intent.qty, intent.expected_quantity, intent.order_id) == ("buy", 10, 10, "0000000001")
+    assert intent.resolved_at is None
+    assert queued_syncs(redis_client) == [f"({account.id},)"]
+
+
+def test_a_buy_of_a_held_code_raises_its_quantity(account, broker, run):
+    broker.set_holdings({"005930": (10, 70_000.0)})
+    sync(run, account, broker)
+    version = trade(run, account, broker, "005930", "buy", 10, price=80_000)
+    item = WatchlistItem.objects.get()
+    assert (version, item.quantity, item.avg_price, item.pending) == (2, 20, 75_000.0, True)
+    assert last_change(account).updated == ["005930"]
+
+
+def test_a_sell_of_the_whole_holding_removes_it_at_once(account, broker, run):
+    broker.set_holdings({"005930": 10, "000660": 3})
+    sync(run, account, broker)
+    with GroupListener(account.id) as listener:
+        version = trade(run, account, broker, "000660", "sell", 3)
+        [message] = listener.changes()
+    assert message["changes"] == {"added": [], "removed": ["000660"], "updated": []}
+    assert version == 2 and items(account) == {"005930": (10, False)}
+    assert last_change(account).cause == "sell"
+    assert PendingTrade.objects.get().expected_quantity == 0
+
+
+def test_a_partial_sell_lowers_the_quantity_pending(account, broker, run):
+    broker.set_holdings({"005930": 10})
+    sync(run, account, broker)
+    trade(run, account, broker, "005930", "sell", 4)
+    assert items(account) == {"005930": (6, True)}
+    assert last_change(account).updated == ["005930"]
+
+
+def test_a_sell_of_a_code_not_on_the_watchlist_changes_nothing(account, broker, run):
+    broker.set_holdings({"005930": 10})  # held, but the watchlist has not synced it yet
+    with GroupListener(account.id) as listener:
+        version = trade(run, account, broker, "005930", "sell", 4)
+        assert listener.changes() == []
+    assert version == 0 and not PendingTrade.objects.exists()
+
+
+def test_the_sync_confirms_a_filled_buy_and_pending_clears(account, broker, run):
+    trade(run, account, broker, "005930", "buy", 10, price=70_000)
+    with GroupListener(account.id) as listener:
+        result = sync(run, account, broker)
+        [message] = listener.changes()
+    assert result.changes.as_dict() == {"added": [], "removed": [], "updated": ["005930"]}
+    assert message["full_list"][0]["pending"] is False and message["version"] == 2
+    assert items(account) == {"005930": (10, False)}
+    assert PendingTrade.objects.get().resolution == PendingTrade.Resolution.CONFIRMED
+
+
+def test_a_confirmed_full_sell_resolves_without_a_change(account, broker, run):
+    broker.set_holdings({"005930": 10})
+    sync(run, account, broker)
+    trade(run, account, broker, "005930", "sell", 10)
+    result = sync(run, account, broker)
+    assert not result.changes and result.version == 2
+    assert PendingTrade.objects.get().resolution == PendingTrade.Resolution.CONFIRMED
+
+
+def test_an_unfilled_buy_stays_pending_through_the_grace_period_then_the_account_wins(account, broker, run):
+    broker.fill_orders = False
+    trade(run, account, broker, "005930", "buy", 10, price=60_000)
+
+    within = sync(run, account, broker, after=GRACE - timedelta(seconds=1))
+    assert not within.changes and items(account) == {"005930": (10, True)}
+    assert PendingTrade.objects.get().resolved_at is None
+
+    with GroupListener(account.id) as listener:
+        after = sync(run, account, broker, after=GRACE)
+        [message] = listener.changes()
+    assert after.changes.as_dict() == {"added": [], "removed": ["005930"], "updated": []}
+    assert message["changes"]["removed"] == ["005930"] and message["full_list"] == []
+    change = last_change(account)
+    assert change.cause == "sync" and "not confirmed" in change.note.lower() and "buy 005930 x10" in change.note
+    assert PendingTrade.objects.get().resolution == PendingTrade.Resolution.EXPIRED
+
+
+def test_an_unfilled_partial_sell_is_reverted_to_the_held_quantity_after_the_grace_period(account, broker, run):
+    broker.set_holdings({"005930": 10})
+    sync(run, account, broker)
+    broker.fill_orders = False
+    trade(run, account, broker, "005930", "sell", 4)
+    assert items(account) == {"005930": (6, True)}
+    sync(run, account, broker, after=GRACE)
+    assert items(account) == {"005930": (10, False)}
+    assert last_change(account).updated == ["005930"]
+
+
+def test_a_price_move_of_a_pending_item_keeps_its_optimistic_quantity(account, broker, run):
+    broker.set_holdings({"005930": (10, 70_000.0)})
+    sync(run, account, broker)
+    broker.fill_orders = False
+    trade(run, account, broker, "005930", "sell", 4)
+    broker.positions["005930"].current_price = 75_000
+    result = sync(run, account, broker)
+    assert not result.changes and result.changes.repriced == ("005930",)
+    item = WatchlistItem.objects.get()
+    assert (item.quantity, item.pending, item.current_price, item.eval_amount) == (6, True, 75_000, 450_000)
+
+
+def test_trade_versions_and_syncs_interleave_without_gaps(account, broker, run):
+    broker.set_holdings({"005930": 10})
+    sync(run, account, broker)
+    trade(run, account, broker, "005930", "buy", 5)
+    trade(run, account, broker, "000660", "buy", 2)
+    sync(run, account, broker)
+    trade(run, account, broker, "005930", "sell", 15)
+    sync(run, account, broker)
+    versions = list(WatchlistChange.objects.filter(watchlist__account=account).order_by("version")
+                    .values_list("version", flat=True))
+    assert versions == list(range(1, Watchlist.objects.get(account=account).version + 1))
+    assert items(account) == {"000660": (2, False)}
+    assert not PendingTrade.objects.filter(resolved_at__isnull=True).exists()
