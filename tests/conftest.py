@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.celery",
     "tests.fixtures.servers",
+    "tests.fixtures.trade",
 ]

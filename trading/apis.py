@@ -1,0 +1,296 @@
+"""The HTTP API (contract.md, "HTTP"): one class per operation; each validates, calls one service, renders.
+
+Errors of every kind go through config.exceptions.api_exception_handler, so every answer is the
+same JSON shape; the trade endpoints add `stock_code` and `qty` to their error answers too.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.views import LoginView
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_serializer,
+    extend_schema_view,
+)
+from rest_framework import serializers, status
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.exceptions import APIException, ParseError, ValidationError
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
+from rest_framework.views import APIView
+
+from watchlist.selectors import watchlist_snapshot
+from watchlist.services import sync_and_record
+
+from .brokers.base import BrokerError, Side, stock_code_error
+from .serializers import (
+    AccountIdField,
+    ChangesSerializer,
+    ErrorSerializer,
+    PriceField,
+    QuantityField,
+    SnapshotSerializer,
+)
+from .services import MAX_ACCOUNT_ID, TradeOutcome, place_trade, user_account
+
+TRADE_STATUS = {
+    TradeOutcome.ACCEPTED: status.HTTP_200_OK,
+    TradeOutcome.EXCEEDS_HOLDINGS: status.HTTP_409_CONFLICT,
+    TradeOutcome.KEY_IN_FLIGHT: status.HTTP_409_CONFLICT,
+    TradeOutcome.REJECTED: status.HTTP_502_BAD_GATEWAY,
+    TradeOutcome.UNREACHABLE: status.HTTP_502_BAD_GATEWAY,
+    TradeOutcome.STATE_UNKNOWN: status.HTTP_502_BAD_GATEWAY,
+}
+
+
+class JSONBodyParser(JSONParser):
+    """DRF's JSON parser, also for bodies nested too deep for Python's decoder (a 400, not a 500)."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - nested too deeply.") from None
+
+
+# --- Trades -------------------------------------------------------------------------------------
+
+class TradeApi(APIView):
+    side: Side
+    parser_classes = [JSONBodyParser]
+
+    @extend_schema_serializer(component_name="TradeRequest")
+    class InputSerializer(serializers.Serializer):
+        qty = QuantityField(help_text="Shares, 1 to 1,000,000.")
+        price = PriceField(required=False, allow_null=True, help_text="Limit price in KRW; absent: a market order.")
+        account = AccountIdField(required=False, help_text="One of your account ids; default: your first account.")
+
+    @extend_schema_serializer(component_name="TradeResponse")
+    class OutputSerializer(serializers.Serializer):
+        OPTIONAL = ("order_id", "watchlist_version", "broker_code", "errors")
+
+        success = serializers.BooleanField()
+        message = serializers.CharField()
+        stock_code = serializers.CharField()
+        qty = serializers.IntegerField(allow_null=True)
+        order_id = serializers.CharField(required=False, help_text="The broker's order number (on success).")
+        watchlist_version = serializers.IntegerField(
+            required=False, allow_null=True, help_text="The watchlist version after the optimistic change (on success)."
+        )
+        broker_code = serializers.CharField(required=False, help_text="The broker's msg_cd when it refused.")
+        errors = serializers.DictField(required=False, help_text="Each invalid field with its messages (400).")
+
+        def to_representation(self, instance):
+            data = super().to_representation(instance)
+            return {key: value for key, value in data.items() if key not in self.OPTIONAL or value is not None}
+
+    def post(self, request, stock_code: str):
+        data = self.validated_input(request, stock_code)
+        result = place_trade(
+            user=request.user,
+            account_id=data.get("account"),
+            stock_code=stock_code,
+            side=self.side,
+            qty=data["qty"],
+            price=data.get("price"),
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
+        return Response(self.OutputSerializer(result).data, status=TRADE_STATUS[result.outcome])
+
+    def validated_input(self, request, stock_code: str) -> dict:
+        """The body, checked together with the code in the path so one answer names every bad field."""
+        errors = {}
+        if message := stock_code_error(stock_code):
+            errors["stock_code"] = [message]
+        serializer = self.InputSerializer(data=request.data)
+        if not serializer.is_valid():
+            errors.update(serializer.errors)
+        if errors:
+            raise ValidationError(errors)
+        return serializer.validated_data
+
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        response.data.update(stock_code=self.kwargs.get("stock_code", ""), qty=self._requested_qty())
+        return response
+
+    def _requested_qty(self) -> int | None:
+        try:
+            qty = self.request.data.get("qty") if isinstance(self.request.data, dict) else None
+        except APIException:  # the body itself is what failed (malformed JSON, wrong content type)
+            return None
+        return qty if isinstance(qty, int) and not isinstance(qty, bool) else None
+
+
+TRADE_PARAMETERS = [
+    OpenApiParameter("stock_code", OpenApiTypes.STR, OpenApiParameter.PATH, description="KRX short code, e.g. 005930."),
+    OpenApiParameter(
+        "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+        description="The same key from the same user within 24 h returns the first answer and places no second "
+                    "order; a request arriving while the first is in flight waits for it.",
+    ),
+]
+
+
+def trade_schema(side: Side):
+    output = TradeApi.OutputSerializer
+    return extend_schema(
+        operation_id=f"execute_{side}",
+        summary=f"Place a {side} order, then update the watchlist at once (pending until the account confirms).",
+        parameters=TRADE_PARAMETERS,
+        request=TradeApi.InputSerializer,
+        responses={
+            200: OpenApiResponse(output, description="The broker accepted the order."),
+            400: OpenApiResponse(output, description="Invalid stock code, qty, price or account; `errors` per field."),
+            401: OpenApiResponse(output, description="Not authenticated."),
+            403: OpenApiResponse(output, description="CSRF check failed or not allowed."),
+            404: OpenApiResponse(output, description="The account is not one of yours."),
+            409: OpenApiResponse(output, description="Sell of more than the account holds, or the same "
+                                                     "Idempotency-Key is still in flight."),
+            502: OpenApiResponse(output, description="The broker rejected the order (`broker_code`), could not be "
+                                                     "reached, or timed out (order state unknown; a sync is queued)."),
+            503: OpenApiResponse(output, description="The database is unavailable."),
+        },
+        tags=["trades"],
+    )
+
+
+@extend_schema_view(post=trade_schema("buy"))
+class ExecuteBuyApi(TradeApi):
+    side = "buy"
+
+
+@extend_schema_view(post=trade_schema("sell"))
+class ExecuteSellApi(TradeApi):
+    side = "sell"
+
+
+# --- Watchlist ----------------------------------------------------------------------------------
+
+ACCOUNT_QUERY = OpenApiParameter(
+    "account", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False,
+    description="One of your account ids; default: your first account.",
+)
+ERROR_RESPONSES = {
+    400: OpenApiResponse(ErrorSerializer, description="Invalid account parameter."),
+    401: OpenApiResponse(ErrorSerializer, description="Not authenticated."),
+    403: OpenApiResponse(ErrorSerializer, description="CSRF check failed or not allowed."),
+    404: OpenApiResponse(ErrorSerializer, description="The account is not one of yours."),
+    503: OpenApiResponse(ErrorSerializer, description="The database is unavailable."),
+}
+
+
+class AccountQuerySerializer(serializers.Serializer):
+    account = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ACCOUNT_ID)
+
+
+def requested_account(request):
+    query = AccountQuerySerializer(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    return user_account(user=request.user, account_id=query.validated_data.get("account"))
+
+
+class WatchlistApi(APIView):
+    @extend_schema(
+        operation_id="watchlist_snapshot",
+        summary="The watchlist of one of your accounts.",
+        parameters=[ACCOUNT_QUERY],
+        responses={200: SnapshotSerializer, **ERROR_RESPONSES},
+        tags=["watchlist"],
+    )
+    def get(self, request):
+        # The selector's dict is the contract's shape, shared with the WebSocket: returned as it is.
+        return Response(watchlist_snapshot(requested_account(request)))
+
+
+class WatchlistSyncApi(APIView):
+    @extend_schema_serializer(component_name="SyncResponse")
+    class OutputSerializer(SnapshotSerializer):
+        changes = ChangesSerializer()
+
+    @extend_schema(
+        operation_id="watchlist_sync",
+        summary="Sync the watchlist with the account now.",
+        parameters=[ACCOUNT_QUERY],
+        request=None,
+        responses={
+            200: OutputSerializer,
+            **ERROR_RESPONSES,
+            502: OpenApiResponse(ErrorSerializer, description="The broker could not be read; the sync state records it."),
+        },
+        tags=["watchlist"],
+    )
+    def post(self, request):
+        account = requested_account(request)
+        try:
+            result = sync_and_record(account)
+        except BrokerError as exc:
+            body = {"success": False, "message": f"The account could not be read from the broker: {exc.message}"}
+            if exc.msg_cd:
+                body["broker_code"] = exc.msg_cd
+            return Response(body, status=status.HTTP_502_BAD_GATEWAY)
+        return Response({**watchlist_snapshot(account), "changes": result.changes.as_dict()})
+
+
+# --- Authentication -----------------------------------------------------------------------------
+
+class UsernameRateThrottle(SimpleRateThrottle):
+    """The "auth" rate per username tried, so guessing one user's password from many addresses is slow too."""
+
+    scope = "auth-username"
+
+    def get_rate(self):
+        return self.THROTTLE_RATES["auth"]
+
+    def get_cache_key(self, request, view):
+        data = request.data if isinstance(request, Request) else request.POST
+        username = data.get("username") if isinstance(data, dict) else None
+        if not isinstance(username, str) or not username.strip():
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": username.strip().lower()[:150]}
+
+
+class AuthTokenApi(ObtainAuthToken):
+    # No session here: a stale session cookie must not make a token request fail its CSRF check.
+    authentication_classes = ()
+    parser_classes = (FormParser, MultiPartParser, JSONBodyParser)
+    throttle_classes = (ScopedRateThrottle, UsernameRateThrottle)
+    throttle_scope = "auth"
+
+    @extend_schema_serializer(component_name="AuthTokenResponse")
+    class OutputSerializer(serializers.Serializer):
+        token = serializers.CharField()
+
+    @extend_schema(
+        operation_id="auth_token",
+        summary="Exchange a username and password for an API token (`Authorization: Token <key>`).",
+        request=ObtainAuthToken.serializer_class,
+        responses={
+            200: OutputSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="Wrong username or password."),
+            429: OpenApiResponse(ErrorSerializer, description="Too many attempts; wait and retry."),
+        },
+        auth=[],
+        tags=["auth"],
+    )
+    def post(self, request, *args, **kwargs):
+        return super().post(request, *args, **kwargs)
+
+
+class ThrottledLoginView(LoginView):
+    """Django's login form, with the same limits as the token endpoint on password guessing."""
+
+    throttle_scope = "auth"
+
+    def post(self, request, *args, **kwargs):
+        for throttle in (ScopedRateThrottle(), UsernameRateThrottle()):
+            if not throttle.allow_request(request, self):
+                form = self.get_form()
+                form.add_error(None, "Too many login attempts. Wait a minute and try again.")
+                return self.render_to_response(self.get_context_data(form=form), status=429)
+        return super().post(request, *args, **kwargs)

@@ -1,0 +1,101 @@
+"""Serializer fields and shapes shared by the trading APIs.
+
+Order fields are checked by the broker layer's own rules (`trading.brokers.base.*_error`), and
+strictly: JSON `"10"`, `10.0` and `true` are not quantities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from .brokers.base import MAX_ORDER_PRICE, MAX_ORDER_QTY, price_error, qty_error
+from .services import MAX_ACCOUNT_ID
+
+
+class CheckedField(serializers.Field):
+    """A JSON value taken as it is when `check` finds nothing wrong with it (`check` returns the message)."""
+
+    check: Callable[[object], str | None]
+
+    def to_internal_value(self, data):
+        if message := type(self).check(data):
+            raise serializers.ValidationError(message)
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+def account_id_error(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ACCOUNT_ID:
+        return "An account is given by its id, a whole number."
+    return None
+
+
+@extend_schema_field({"type": "integer", "minimum": 1, "maximum": MAX_ORDER_QTY})
+class QuantityField(CheckedField):
+    check = staticmethod(qty_error)
+
+
+@extend_schema_field({"type": "integer", "minimum": 1, "maximum": MAX_ORDER_PRICE, "nullable": True})
+class PriceField(CheckedField):
+    check = staticmethod(price_error)
+
+
+@extend_schema_field({"type": "integer", "minimum": 1, "maximum": MAX_ACCOUNT_ID})
+class AccountIdField(CheckedField):
+    check = staticmethod(account_id_error)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The shape of every error answer (config/exceptions.py)."""
+
+    success = serializers.BooleanField(default=False)
+    message = serializers.CharField()
+    errors = serializers.DictField(required=False, help_text="Each invalid field with its messages.")
+
+
+class AccountSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    number = serializers.CharField(help_text="CANO-product code, e.g. 50123456-01.")
+
+
+class ItemSerializer(serializers.Serializer):
+    stock_code = serializers.CharField()
+    name = serializers.CharField()
+    quantity = serializers.IntegerField()
+    avg_price = serializers.FloatField()
+    current_price = serializers.IntegerField()
+    eval_amount = serializers.IntegerField()
+    pnl = serializers.IntegerField()
+    pnl_rate = serializers.FloatField()
+    pending = serializers.BooleanField(help_text="An optimistic change not yet confirmed by the account.")
+    updated_at = serializers.IntegerField(help_text="Unix seconds.")
+
+
+class SyncStatusSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["ok", "failing", "never"])
+    last_success_at = serializers.IntegerField(allow_null=True)
+    consecutive_failures = serializers.IntegerField()
+    next_attempt_at = serializers.IntegerField(allow_null=True)
+    last_error = serializers.CharField(allow_blank=True)
+
+
+class SnapshotSerializer(serializers.Serializer):
+    """watchlist.selectors.watchlist_snapshot(), the shape the WebSocket sends too."""
+
+    account = AccountSerializer()
+    version = serializers.IntegerField()
+    timestamp = serializers.IntegerField(help_text="Unix seconds.")
+    full_list = ItemSerializer(many=True)
+    sync = SyncStatusSerializer()
+
+
+class ChangesSerializer(serializers.Serializer):
+    added = serializers.ListField(child=serializers.CharField())
+    removed = serializers.ListField(child=serializers.CharField())
+    updated = serializers.ListField(child=serializers.CharField())

@@ -1,0 +1,20 @@
+"""The API's paths. Every path answers with and without its trailing slash, never with a redirect."""
+
+from django.urls import re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from config.exceptions import api_not_found
+
+from . import apis
+
+urlpatterns = [
+    re_path(r"^execute-buy/(?P<stock_code>[^/]*)/?$", apis.ExecuteBuyApi.as_view(), name="execute-buy"),
+    re_path(r"^execute-sell/(?P<stock_code>[^/]*)/?$", apis.ExecuteSellApi.as_view(), name="execute-sell"),
+    re_path(r"^api/auth/token/?$", apis.AuthTokenApi.as_view(), name="api-token"),
+    re_path(r"^api/watchlist/?$", apis.WatchlistApi.as_view(), name="api-watchlist"),
+    re_path(r"^api/watchlist/sync/?$", apis.WatchlistSyncApi.as_view(), name="api-watchlist-sync"),
+    re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="api-schema"),
+    re_path(r"^api/docs/?$", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # Anything else under the API's prefixes: a JSON 404 (not Django's HTML page, not a slash redirect).
+    re_path(r"^(?:api|execute-buy|execute-sell)(?:/.*)?$", api_not_found),
+]
