@@ -14,7 +14,7 @@ END_MARK = "test.end-mark"
 
 
 class GroupListener:
-    """Joins the account's group on enter. `messages()` returns what was broadcast so far, in order.
+    """Joins the account's group on enter. `messages()` returns what was broadcast since, in order.
 
     It sends an end mark to the group itself and reads up to it, so "nothing was sent" is checked
     without waiting for a timeout."""
@@ -23,6 +23,7 @@ class GroupListener:
         self.group = watchlist_group(account_id)
         self.channel = f"test-listener-{uuid.uuid4().hex}"
         self.layer = get_channel_layer()
+        self.received: list[dict] = []
 
     def __enter__(self) -> GroupListener:
         async_to_sync(self.layer.group_add)(self.group, self.channel)
@@ -32,9 +33,9 @@ class GroupListener:
         async_to_sync(self.layer.group_discard)(self.group, self.channel)
 
     def messages(self, event_type: str | None = None, timeout: float = 20) -> list[dict]:
-        """The `message` of every event received so far (of `event_type` when given)."""
-        events = async_to_sync(self._read_to_end_mark)(timeout)
-        return [event["message"] for event in events if event_type is None or event["type"] == event_type]
+        """The `message` of every event broadcast since entering (of `event_type` when given)."""
+        self.received += async_to_sync(self._read_to_end_mark)(timeout)
+        return [event["message"] for event in self.received if event_type is None or event["type"] == event_type]
 
     def changes(self) -> list[dict]:
         return self.messages("watchlist.changed")
