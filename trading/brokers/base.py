@@ -14,7 +14,7 @@ import pandas as pd
 
 Side = Literal["buy", "sell"]
 
-STOCK_CODE_RE = re.compile(r"^[0-9A-Z]{6}$")
+STOCK_CODE_RE = re.compile(r"^[0-9A-Z]{6}\Z")  # \Z: "$" would let a trailing newline through
 MAX_ORDER_QTY = 1_000_000
 MAX_ORDER_PRICE = 100_000_000  # KRW: far above any KRX share price; keeps typos and overflows out
 

@@ -24,8 +24,8 @@ from .seed import DEFAULT_PAPER_CASH, SEEDED_ACCOUNTS, SEEDED_STOCKS, generated_
 logger = logging.getLogger(__name__)
 
 KST = ZoneInfo("Asia/Seoul")
-STOCK_CODE_RE = re.compile(r"^[0-9A-Z]{6}$")
-CANO_RE = re.compile(r"^\d{8}$")
+STOCK_CODE_RE = re.compile(r"^[0-9A-Z]{6}\Z")
+CANO_RE = re.compile(r"^[0-9]{8}\Z")
 
 TOKEN_LIFETIME = 86_400
 TOKEN_REUSE_WINDOW = 6 * 3600  # KIS answers the same token when asked again within 6 h
