@@ -1,7 +1,7 @@
 """The real KIS adapter against the KIS simulator over real HTTP, with real Redis (tokens, rate limit)."""
 
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -36,10 +36,14 @@ def quick_timeout(settings):
 
 
 def holdings(count: int) -> list[dict]:
-    return [{"stock_code": f"{100000 + i * 7:06d}", "quantity": 1 + i, "avg_price": 5_000 + i * 10.5} for i in range(count)]
+    return [
+        {"stock_code": f"{100000 + i * 7:06d}", "quantity": 1 + i, "avg_price": 5_000 + i * 10.5}
+        for i in range(count)
+    ]
 
 
 # --- tokens ------------------------------------------------------------------------------
+
 
 def test_one_token_serves_every_call_and_every_adapter(simulator, sim_account, redis_client):
     first, second = KoreaInvestService(sim_account), broker_for(sim_account)
@@ -51,20 +55,9 @@ def test_one_token_serves_every_call_and_every_adapter(simulator, sim_account, r
 
 
 def test_concurrent_adapters_on_a_cold_cache_issue_one_token(simulator, sim_account, redis_client):
-    errors = []
-
-    def price():
-        try:
-            KoreaInvestService(sim_account).get_price("005930")
-        except Exception as error:  # reported below, with the thread's failure
-            errors.append(error)
-
-    threads = [threading.Thread(target=price) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert errors == []
+    with ThreadPoolExecutor(8) as pool:
+        quotes = list(pool.map(lambda _: KoreaInvestService(sim_account).get_price("005930"), range(8)))
+    assert all(quote.price > 0 for quote in quotes)
     assert simulator.calls("tokenP") == 1 and simulator.calls("inquire-price") == 8
 
 
@@ -113,6 +106,7 @@ def test_empty_app_key_is_refused_by_kis(simulator, user, make_account, redis_cl
 
 # --- balance ---------------------------------------------------------------------------------
 
+
 def test_the_balance_of_65_positions_is_read_across_pages_into_one_typed_frame(simulator, sim_account):
     simulator.set_holdings("50123456", holdings(65))
     frame = KoreaInvestService(sim_account).get_acct_balance()
@@ -131,7 +125,9 @@ def test_the_balance_of_65_positions_is_read_across_pages_into_one_typed_frame(s
 def test_a_real_account_reads_50_row_pages_with_real_tr_ids(simulator, user, make_account):
     simulator.configure_account("61000003", environment="real")
     simulator.set_holdings("61000003", holdings(65))
-    account = make_account(user, cano="61000003", base_url=simulator.url, environment=BrokerAccount.Environment.REAL)
+    account = make_account(
+        user, cano="61000003", base_url=simulator.url, environment=BrokerAccount.Environment.REAL
+    )
     broker = KoreaInvestService(account)
 
     assert len(broker.get_acct_balance()) == 65
@@ -149,6 +145,7 @@ def test_a_position_sold_out_today_is_not_a_holding(simulator, sim_account):
 
 # --- orders and prices -------------------------------------------------------------------------
 
+
 def test_market_orders_fill_at_once(simulator, sim_account):
     broker = KoreaInvestService(sim_account)
     buy_no = broker.place_order("005930", "buy", 5)
@@ -156,8 +153,16 @@ def test_market_orders_fill_at_once(simulator, sim_account):
 
     log = {o["order_no"]: o for o in simulator.orders("50123456")}
     assert log[buy_no] | {"fill_price": None, "time": None} == {
-        "order_no": buy_no, "stock_code": "005930", "side": "buy", "qty": 5, "price": None,
-        "order_type": "market", "tr_id": "VTTC0012U", "time": None, "status": "filled", "fill_price": None,
+        "order_no": buy_no,
+        "stock_code": "005930",
+        "side": "buy",
+        "qty": 5,
+        "price": None,
+        "order_type": "market",
+        "tr_id": "VTTC0012U",
+        "time": None,
+        "status": "filled",
+        "fill_price": None,
     }
     assert log[sell_no]["status"] == "filled" and log[sell_no]["tr_id"] == "VTTC0011U"
     balance = broker.get_acct_balance().set_index("stock_code")
@@ -173,7 +178,10 @@ def test_limit_orders_fill_when_the_price_reaches_them(simulator, sim_account):
     assert {o["status"] for o in simulator.orders("50123456")} == {"pending"}
 
     simulator.set_price("035720", 39_950)
-    assert {o["order_no"]: o["status"] for o in simulator.orders("50123456")} == {buy_no: "filled", sell_no: "pending"}
+    assert {o["order_no"]: o["status"] for o in simulator.orders("50123456")} == {
+        buy_no: "filled",
+        sell_no: "pending",
+    }
     simulator.set_price("035720", 42_050)
     log = {o["order_no"]: o for o in simulator.orders("50123456")}
     assert (log[buy_no]["fill_price"], log[sell_no]["fill_price"]) == (40_000, 42_000)
@@ -191,11 +199,17 @@ def test_the_current_price_is_a_typed_quote(simulator, sim_account):
     simulator.set_prices_moving(False)
     simulator.set_price("005930", 70_600)
     quote = KoreaInvestService(sim_account).get_price("005930")
-    assert (quote.stock_code, quote.price, quote.change, quote.change_rate) == ("005930", 70_600, -1_400, -1.94)
+    assert (quote.stock_code, quote.price, quote.change, quote.change_rate) == (
+        "005930",
+        70_600,
+        -1_400,
+        -1.94,
+    )
     assert isinstance(quote.volume, int) and quote.volume > 0
 
 
 # --- faults: typed errors, retries for reads only --------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["http_500", "rate_limit", "timeout", "token_expired"])
 def test_each_fault_maps_to_its_typed_error(simulator, sim_account, quick_timeout, mode):
@@ -237,10 +251,15 @@ def test_an_unreachable_broker_is_unavailable(user, make_account, redis_client):
 
 # --- the client-side rate limit ----------------------------------------------------------------
 
-def test_the_rate_limit_spaces_calls_of_one_app_key_across_adapters(simulator, sim_account, settings, redis_client, monkeypatch):
+
+def test_the_rate_limit_spaces_calls_of_one_app_key_across_adapters(
+    simulator, sim_account, settings, redis_client, monkeypatch
+):
     settings.KIS_RATE_LIMIT_PAPER = 0.25  # one call every 4 s
     waits: list[float] = []
-    monkeypatch.setattr(kis, "time", SimpleNamespace(time=time.time, sleep=waits.append))  # record, don't wait
+    monkeypatch.setattr(
+        kis, "time", SimpleNamespace(time=time.time, sleep=waits.append)
+    )  # record, don't wait
     first, second = KoreaInvestService(sim_account), KoreaInvestService(sim_account)
     try:
         first.get_price("005930")

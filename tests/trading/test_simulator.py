@@ -9,9 +9,16 @@ BALANCE = "/uapi/domestic-stock/v1/trading/inquire-balance"
 ORDER = "/uapi/domestic-stock/v1/trading/order-cash"
 PRICE = "/uapi/domestic-stock/v1/quotations/inquire-price"
 BALANCE_QUERY = {
-    "ACNT_PRDT_CD": "01", "AFHR_FLPR_YN": "N", "OFL_YN": "", "INQR_DVSN": "02", "UNPR_DVSN": "01",
-    "FUND_STTL_ICLD_YN": "N", "FNCG_AMT_AUTO_RDPT_YN": "N", "PRCS_DVSN": "00",
-    "CTX_AREA_FK100": "", "CTX_AREA_NK100": "",
+    "ACNT_PRDT_CD": "01",
+    "AFHR_FLPR_YN": "N",
+    "OFL_YN": "",
+    "INQR_DVSN": "02",
+    "UNPR_DVSN": "01",
+    "FUND_STTL_ICLD_YN": "N",
+    "FNCG_AMT_AUTO_RDPT_YN": "N",
+    "PRCS_DVSN": "00",
+    "CTX_AREA_FK100": "",
+    "CTX_AREA_NK100": "",
 }
 
 
@@ -24,21 +31,40 @@ class Wire:
         self.token = self.issue_token().json()["access_token"]
 
     def issue_token(self, appkey: str | None = None, appsecret: str = "secret") -> httpx.Response:
-        body = {"grant_type": "client_credentials", "appkey": self.appkey if appkey is None else appkey,
-                "appsecret": appsecret}
+        body = {
+            "grant_type": "client_credentials",
+            "appkey": self.appkey if appkey is None else appkey,
+            "appsecret": appsecret,
+        }
         return self.http.post("/oauth2/tokenP", json=body)
 
     def headers(self, tr_id: str, **extra: str) -> dict:
-        return {"authorization": f"Bearer {self.token}", "appkey": self.appkey, "appsecret": "secret",
-                "tr_id": tr_id, "custtype": "P", "content-type": "application/json; charset=utf-8"} | extra
+        return {
+            "authorization": f"Bearer {self.token}",
+            "appkey": self.appkey,
+            "appsecret": "secret",
+            "tr_id": tr_id,
+            "custtype": "P",
+            "content-type": "application/json; charset=utf-8",
+        } | extra
 
-    def balance(self, cano: str, tr_id: str = "VTTC8434R", tr_cont: str = "", fk: str = "", nk: str = "") -> httpx.Response:
+    def balance(
+        self, cano: str, tr_id: str = "VTTC8434R", tr_cont: str = "", fk: str = "", nk: str = ""
+    ) -> httpx.Response:
         query = BALANCE_QUERY | {"CANO": cano, "CTX_AREA_FK100": fk, "CTX_AREA_NK100": nk}
         return self.http.get(BALANCE, params=query, headers=self.headers(tr_id, tr_cont=tr_cont))
 
-    def order(self, cano: str, code: str, qty: int, price: int | None = None, tr_id: str = "VTTC0012U") -> dict:
-        body = {"CANO": cano, "ACNT_PRDT_CD": "01", "PDNO": code, "ORD_DVSN": "01" if price is None else "00",
-                "ORD_QTY": str(qty), "ORD_UNPR": str(price or 0)}
+    def order(
+        self, cano: str, code: str, qty: int, price: int | None = None, tr_id: str = "VTTC0012U"
+    ) -> dict:
+        body = {
+            "CANO": cano,
+            "ACNT_PRDT_CD": "01",
+            "PDNO": code,
+            "ORD_DVSN": "01" if price is None else "00",
+            "ORD_QTY": str(qty),
+            "ORD_UNPR": str(price or 0),
+        }
         return self.http.post(ORDER, json=body, headers=self.headers(tr_id)).json()
 
     def price(self, code: str) -> httpx.Response:
@@ -87,11 +113,24 @@ def test_headers_are_checked_like_kis(simulator, wire):
         return response.json()["msg_cd"]
 
     query = BALANCE_QUERY | {"CANO": "50123456"}
-    assert refusal(wire.http.get(BALANCE, params=query, headers=wire.headers("VTTC8434R", authorization="Bearer nope"))) == "EGW00121"
+    assert (
+        refusal(
+            wire.http.get(
+                BALANCE, params=query, headers=wire.headers("VTTC8434R", authorization="Bearer nope")
+            )
+        )
+        == "EGW00121"
+    )
     assert refusal(wire.http.get(BALANCE, params=query, headers=wire.headers("XXXX0000R"))) == "OPSQ0002"
     assert refusal(wire.balance("50123456", tr_id="TTTC8434R")) == "EGW02006"
-    assert refusal(wire.http.get(BALANCE, params=query, headers=wire.headers("VTTC8434R", custtype=""))) == "OPSQ2002"
-    assert refusal(wire.http.get(BALANCE, params={"CANO": "50123456"}, headers=wire.headers("VTTC8434R"))) == "OPSQ2001"
+    assert (
+        refusal(wire.http.get(BALANCE, params=query, headers=wire.headers("VTTC8434R", custtype="")))
+        == "OPSQ2002"
+    )
+    assert (
+        refusal(wire.http.get(BALANCE, params={"CANO": "50123456"}, headers=wire.headers("VTTC8434R")))
+        == "OPSQ2001"
+    )
 
 
 def test_seeded_demo_account_and_values_are_strings(wire):
@@ -104,10 +143,13 @@ def test_seeded_demo_account_and_values_are_strings(wire):
     assert all(isinstance(v, str) for v in summary.values()) and int(summary["dnca_tot_amt"]) > 0
 
 
-@pytest.mark.parametrize(("environment", "tr_id", "sizes", "conts"), [
-    ("paper", "VTTC8434R", [20, 20, 20, 5], ["F", "M", "M", "E"]),
-    ("real", "TTTC8434R", [50, 15], ["F", "E"]),
-])
+@pytest.mark.parametrize(
+    ("environment", "tr_id", "sizes", "conts"),
+    [
+        ("paper", "VTTC8434R", [20, 20, 20, 5], ["F", "M", "M", "E"]),
+        ("real", "TTTC8434R", [50, 15], ["F", "E"]),
+    ],
+)
 def test_balance_pages_like_kis(simulator, wire, environment, tr_id, sizes, conts):
     simulator.configure_account("61000001", environment=environment)
     simulator.set_holdings("61000001", many_holdings(65))
@@ -146,7 +188,12 @@ def test_limit_orders_fill_when_the_price_reaches_them(simulator, wire):
     buy = wire.order("50123456", "005930", 2, price=60_000)
     sell = wire.order("50123456", "005930", 4, price=80_000, tr_id="VTTC0011U")
     assert {o["status"] for o in simulator.orders("50123456")} == {"pending"}
-    assert next(h for h in simulator.account("50123456")["holdings"] if h["stock_code"] == "005930")["orderable_quantity"] == 6
+    assert (
+        next(h for h in simulator.account("50123456")["holdings"] if h["stock_code"] == "005930")[
+            "orderable_quantity"
+        ]
+        == 6
+    )
 
     simulator.set_price("005930", 59_500)
     simulator.set_price("005930", 80_100)
@@ -172,7 +219,11 @@ def test_current_price_answers_kis_fields(simulator, wire):
     simulator.set_price("005930", 73_000)
     output = wire.price("005930").json()["output"]
     assert (output["stck_prpr"], output["prdy_vrss"], output["prdy_vrss_sign"], output["prdy_ctrt"]) == (
-        "73000", "1000", "2", "1.39")
+        "73000",
+        "1000",
+        "2",
+        "1.39",
+    )
     assert (output["stck_mxpr"], output["stck_llam"]) == ("93600", "50400")
     assert wire.price("00593").json()["msg_cd"] == "OPSQ2002"
 
@@ -194,8 +245,12 @@ def test_faults_hit_the_next_api_calls_tokenp_included(simulator, wire):
 
     simulator.inject_fault("timeout", 1, delay=1.5)
     with pytest.raises(httpx.ReadTimeout):
-        wire.http.get(PRICE, params={"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": "005930"},
-                      headers=wire.headers("FHKST01010100"), timeout=0.3)
+        wire.http.get(
+            PRICE,
+            params={"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": "005930"},
+            headers=wire.headers("FHKST01010100"),
+            timeout=0.3,
+        )
     assert simulator.calls("inquire-price") == 7 and simulator.calls("tokenP") == 3
 
 
@@ -212,6 +267,7 @@ def test_control_api_refuses_bad_input(simulator):
 
 # --- the in-memory state, directly ---------------------------------------------------------
 
+
 def test_listeners_see_every_tick_and_fill():
     state = SimulatorState(seed=7)
     events = []
@@ -219,13 +275,33 @@ def test_listeners_see_every_tick_and_fill():
     state.tick()
     ticks = [e for e in events if e["kind"] == "tick"]
     assert {e["stock_code"] for e in ticks} == set(state.stocks)
-    assert set(ticks[0]) == {"kind", "stock_code", "price", "change", "change_rate", "volume", "open", "high",
-                             "low", "trade_volume", "time"}
+    assert set(ticks[0]) == {
+        "kind",
+        "stock_code",
+        "price",
+        "change",
+        "change_rate",
+        "volume",
+        "open",
+        "high",
+        "low",
+        "trade_volume",
+        "time",
+    }
     order = state.place_order("50123456", "035720", "buy", 5, None, "VTTC0012U")
     [fill] = [e for e in events if e["kind"] == "fill"]
     assert fill | {"price": 0, "time": "", "name": ""} == {
-        "kind": "fill", "cano": "50123456", "hts_id": "sim50123456", "order_no": order.order_no,
-        "stock_code": "035720", "side": "buy", "qty": 5, "price": 0, "time": "", "name": ""}
+        "kind": "fill",
+        "cano": "50123456",
+        "hts_id": "sim50123456",
+        "order_no": order.order_no,
+        "stock_code": "035720",
+        "side": "buy",
+        "qty": 5,
+        "price": 0,
+        "time": "",
+        "name": "",
+    }
     assert state.account_by_hts_id("sim50123456").cano == "50123456"
 
 

@@ -7,7 +7,8 @@ from trading.brokers.base import InvalidOrder, validate_order
 from trading.brokers.kis import KoreaInvestService
 from trading.brokers.memory import MemoryBroker
 
-BAD_CODES = ["5930", "005930\n", "00593a", "0059300", "", None, "005 93", "００５９３０", 5930, " 05930"]
+FULL_WIDTH_005930 = "\uff10\uff10\uff15\uff19\uff13\uff10"
+BAD_CODES = ["5930", "005930\n", "00593a", "0059300", "", None, "005 93", FULL_WIDTH_005930, 5930, " 05930"]
 BAD_QUANTITIES = [0, -1, 1.5, "10", True, None, 1_000_001]
 BAD_PRICES = [0, -100, 1.5, "70000", True, 100_000_001]
 BAD_ORDERS = (

@@ -94,7 +94,8 @@ local slot = math.max(now_us, tonumber(redis.call('GET', KEYS[1]) or '0'))
 local wait = slot - now_us
 if wait > tonumber(ARGV[2]) then return -1 end
 local next_free = slot + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], string.format('%.0f', next_free), 'PX', math.floor((next_free - now_us) / 1000) + 1000)
+local ttl_ms = math.floor((next_free - now_us) / 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.0f', next_free), 'PX', ttl_ms)
 return wait
 """
 
@@ -120,6 +121,7 @@ def reserve_slot_script(url: str):
 
 
 # --- reading KIS answers ------------------------------------------------------------------
+
 
 def text_field(record: dict, name: str) -> str:
     value = record.get(name)
@@ -229,7 +231,8 @@ class SharedToken:
                 return token
             if cache.get(self.issued_key):
                 raise TokenIssueLimited(
-                    f"a KIS token was issued less than {settings.KIS_TOKEN_MIN_INTERVAL:.0f}s ago", msg_cd="EGW00133"
+                    f"a KIS token was issued less than {settings.KIS_TOKEN_MIN_INTERVAL:.0f}s ago",
+                    msg_cd="EGW00133",
                 )
             try:
                 record = issue()
@@ -313,7 +316,13 @@ class KoreaInvestService:
             raise BadBrokerResponse("KIS accepted the order but its answer has no order number (ODNO)")
         logger.info(
             "order %s placed for %s: %s %s x%d at %s (tr_id %s)",
-            order_no, self.label, side, stock_code, qty, price or "market", tr_id,
+            order_no,
+            self.label,
+            side,
+            stock_code,
+            qty,
+            price or "market",
+            tr_id,
         )
         return order_no.strip()
 
@@ -344,7 +353,13 @@ class KoreaInvestService:
                 delay = READ_BACKOFF * 2 ** (attempt - 1)
                 logger.warning(
                     "%s on %s for %s (attempt %d of %d): %s; trying again in %.1fs",
-                    error.reason, tr_id, self.label, attempt, READ_ATTEMPTS, error.message, delay,
+                    error.reason,
+                    tr_id,
+                    self.label,
+                    attempt,
+                    READ_ATTEMPTS,
+                    error.message,
+                    delay,
                 )
                 time.sleep(delay)
         return self._call(method, path, tr_id, **request)
@@ -356,7 +371,9 @@ class KoreaInvestService:
         try:
             return self._send(method, path, tr_id, token, **request)
         except TokenExpired as error:
-            logger.warning("KIS refused the token (%s) on %s for %s; renewing it once", error.msg_cd, tr_id, self.label)
+            logger.warning(
+                "KIS refused the token (%s) on %s for %s; renewing it once", error.msg_cd, tr_id, self.label
+            )
             token = self.token.refresh(self._issue_token, stale=token)
             return self._send(method, path, tr_id, token, **request)
 
@@ -386,15 +403,23 @@ class KoreaInvestService:
         unknown = "; the order's outcome is unknown" if is_order else ""
         try:
             response = self.http.request(
-                method, self.base_url + path, params=params, content=content, headers=headers,
+                method,
+                self.base_url + path,
+                params=params,
+                content=content,
+                headers=headers,
                 timeout=settings.KIS_TIMEOUT,
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
             raise BrokerUnavailable(f"KIS cannot be reached for {tr_id} ({type(error).__name__})") from None
         except httpx.TimeoutException:
-            raise BrokerTimeout(f"KIS did not answer {tr_id} within {settings.KIS_TIMEOUT:g}s{unknown}") from None
+            raise BrokerTimeout(
+                f"KIS did not answer {tr_id} within {settings.KIS_TIMEOUT:g}s{unknown}"
+            ) from None
         except httpx.HTTPError as error:
-            raise BrokerUnavailable(f"the call {tr_id} to KIS failed ({type(error).__name__}){unknown}") from None
+            raise BrokerUnavailable(
+                f"the call {tr_id} to KIS failed ({type(error).__name__}){unknown}"
+            ) from None
         answer = json_object(response, tr_id)
         msg_cd, message = str(answer.get("msg_cd") or ""), str(answer.get("msg1") or "").strip()
         if error := error_for(msg_cd, message):
@@ -411,11 +436,17 @@ class KoreaInvestService:
 
     def _issue_token(self) -> dict:
         """Ask KIS for an access token (tokenP): {"access_token", "expires_at"}. Only SharedToken calls it."""
-        body = {"grant_type": "client_credentials", "appkey": self.account.app_key, "appsecret": self.account.app_secret}
+        body = {
+            "grant_type": "client_credentials",
+            "appkey": self.account.app_key,
+            "appsecret": self.account.app_secret,
+        }
         try:
             response = self.http.post(
-                self.base_url + TOKEN_PATH, content=json.dumps(body),
-                headers={"content-type": "application/json; charset=utf-8"}, timeout=settings.KIS_TIMEOUT,
+                self.base_url + TOKEN_PATH,
+                content=json.dumps(body),
+                headers={"content-type": "application/json; charset=utf-8"},
+                timeout=settings.KIS_TIMEOUT,
             )
         except httpx.TimeoutException:
             raise BrokerTimeout(f"KIS did not answer tokenP within {settings.KIS_TIMEOUT:g}s") from None
@@ -425,8 +456,12 @@ class KoreaInvestService:
         token = answer.get("access_token")
         if response.is_success and isinstance(token, str) and token:
             expires_at = token_expiry(answer)
-            logger.info("issued a KIS access token for app key %s (used by %s), valid until %s",
-                        self.key_id, self.label, datetime.fromtimestamp(expires_at, KST).isoformat(timespec="seconds"))
+            logger.info(
+                "issued a KIS access token for app key %s (used by %s), valid until %s",
+                self.key_id,
+                self.label,
+                datetime.fromtimestamp(expires_at, KST).isoformat(timespec="seconds"),
+            )
             return {"access_token": token, "expires_at": expires_at}
         msg_cd = str(answer.get("error_code") or answer.get("msg_cd") or "")
         message = str(answer.get("error_description") or answer.get("msg1") or "").strip()
@@ -434,7 +469,9 @@ class KoreaInvestService:
             raise error
         if response.status_code >= 500:
             raise BrokerUnavailable(f"KIS answered HTTP {response.status_code} to tokenP")
-        raise AuthenticationFailed(message or f"KIS refused to issue a token (HTTP {response.status_code})", msg_cd=msg_cd)
+        raise AuthenticationFailed(
+            message or f"KIS refused to issue a token (HTTP {response.status_code})", msg_cd=msg_cd
+        )
 
     def _wait_for_rate_limit(self) -> None:
         rate = settings.KIS_RATE_LIMIT_PAPER if self.environment == "paper" else settings.KIS_RATE_LIMIT_REAL

@@ -67,4 +67,4 @@ each time rather than keeping them.
 from .app import create_app
 from .state import SimulatorState
 
-__all__ = ["create_app", "SimulatorState"]
+__all__ = ["SimulatorState", "create_app"]

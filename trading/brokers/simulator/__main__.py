@@ -20,7 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m trading.brokers.simulator", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--tick-interval", type=float, default=1.0, help="seconds between price moves (0: still)")
+    parser.add_argument(
+        "--tick-interval", type=float, default=1.0, help="seconds between price moves (0: still)"
+    )
     parser.add_argument(
         "--timeout-delay", type=float, default=30.0, help="how long a 'timeout' fault holds its answer back"
     )
@@ -31,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    app = create_app(SimulatorState(seed=args.seed), tick_interval=args.tick_interval, timeout_delay=args.timeout_delay)
+    app = create_app(
+        SimulatorState(seed=args.seed), tick_interval=args.tick_interval, timeout_delay=args.timeout_delay
+    )
     runner = web.AppRunner(
         app, shutdown_timeout=1.0, access_log=logging.getLogger("aiohttp.access") if args.access_log else None
     )

@@ -1,4 +1,4 @@
-"""The simulator's aiohttp application: KIS REST routes, the /_fake/ control API, faults and the price walk."""
+"""The simulator's aiohttp application: KIS REST routes, the /_fake/ control API, faults, the price walk."""
 
 from __future__ import annotations
 

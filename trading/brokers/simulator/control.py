@@ -12,7 +12,9 @@ from .state import CANO_RE, FAULT_MODES, STOCK_CODE_RE, Stock
 
 class BadInput(web.HTTPBadRequest):
     def __init__(self, message: str) -> None:
-        super().__init__(text=json.dumps({"error": message}, ensure_ascii=False), content_type="application/json")
+        super().__init__(
+            text=json.dumps({"error": message}, ensure_ascii=False), content_type="application/json"
+        )
 
 
 def answer(payload: object) -> web.Response:
@@ -88,7 +90,9 @@ async def put_account(request: web.Request) -> web.Response:
     if "cash" in body and not (is_whole(body["cash"]) and body["cash"] >= 0):
         raise BadInput("cash is a whole number of KRW >= 0")
     state = request.app[STATE]
-    state.configure_account(cano, environment=body.get("environment"), hts_id=body.get("hts_id"), cash=body.get("cash"))
+    state.configure_account(
+        cano, environment=body.get("environment"), hts_id=body.get("hts_id"), cash=body.get("cash")
+    )
     return answer(state.account_view(cano))
 
 

@@ -39,8 +39,17 @@ ORDER_TR_IDS = {
 PRICE_TR_IDS = {"FHKST01010100": None}
 PAGE_SIZE = {"paper": 20, "real": 50}
 BALANCE_QUERY = (
-    "CANO", "ACNT_PRDT_CD", "AFHR_FLPR_YN", "OFL_YN", "INQR_DVSN", "UNPR_DVSN", "FUND_STTL_ICLD_YN",
-    "FNCG_AMT_AUTO_RDPT_YN", "PRCS_DVSN", "CTX_AREA_FK100", "CTX_AREA_NK100",
+    "CANO",
+    "ACNT_PRDT_CD",
+    "AFHR_FLPR_YN",
+    "OFL_YN",
+    "INQR_DVSN",
+    "UNPR_DVSN",
+    "FUND_STTL_ICLD_YN",
+    "FNCG_AMT_AUTO_RDPT_YN",
+    "PRCS_DVSN",
+    "CTX_AREA_FK100",
+    "CTX_AREA_NK100",
 )
 ORDER_BODY = ("CANO", "ACNT_PRDT_CD", "PDNO", "ORD_DVSN", "ORD_QTY", "ORD_UNPR")
 ORDER_ACCEPTED = {
@@ -110,6 +119,7 @@ def account_for(state: SimulatorState, cano: str, product_code: str, environment
 
 # --- /oauth2/ -------------------------------------------------------------------------------
 
+
 async def json_body(request: web.Request) -> dict:
     try:
         body = await request.json()
@@ -132,7 +142,9 @@ async def issue_token(request: web.Request) -> web.Response:
     return kis_json(
         {
             "access_token": token.value,
-            "access_token_token_expired": datetime.fromtimestamp(token.expires_at, KST).strftime("%Y-%m-%d %H:%M:%S"),
+            "access_token_token_expired": datetime.fromtimestamp(token.expires_at, KST).strftime(
+                "%Y-%m-%d %H:%M:%S"
+            ),
             "token_type": "Bearer",
             "expires_in": int(token.expires_at - time.time()),
         }
@@ -157,6 +169,7 @@ async def hashkey(request: web.Request) -> web.Response:
 
 
 # --- balance ----------------------------------------------------------------------------------
+
 
 def position_row(account: Account, position: Position, stock: Stock) -> dict:
     cost = round(position.quantity * position.avg_price)
@@ -250,7 +263,9 @@ async def inquire_balance(request: web.Request) -> web.Response:
             "output2": [balance_summary(state, account)],
             "rt_cd": "0",
             "msg_cd": "20310000" if account.environment == "paper" else "KIOK0510",
-            "msg1": "모의투자 조회가 완료되었습니다." if account.environment == "paper" else "조회가 완료되었습니다",
+            "msg1": "모의투자 조회가 완료되었습니다."
+            if account.environment == "paper"
+            else "조회가 완료되었습니다",
         },
         tr_id=tr_id,
         tr_cont=tr_cont,
@@ -258,6 +273,7 @@ async def inquire_balance(request: web.Request) -> web.Response:
 
 
 # --- cash order -------------------------------------------------------------------------------
+
 
 def whole_number(body: dict, name: str) -> int:
     value = body[name]
@@ -299,6 +315,7 @@ async def order_cash(request: web.Request) -> web.Response:
 
 
 # --- current price ----------------------------------------------------------------------------
+
 
 async def inquire_price(request: web.Request) -> web.Response:
     state = request.app[STATE]

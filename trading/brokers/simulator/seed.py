@@ -77,7 +77,20 @@ SEEDED_ACCOUNTS: dict[str, dict] = {
 }
 
 _NAME_HEADS = ("한국", "대한", "동양", "미래", "신성", "삼화", "세진", "우리", "태평", "금강", "청담", "한빛")
-_NAME_TAILS = ("전자", "화학", "제약", "건설", "바이오", "에너지", "식품", "통신", "기계", "금융", "소재", "로보틱스")
+_NAME_TAILS = (
+    "전자",
+    "화학",
+    "제약",
+    "건설",
+    "바이오",
+    "에너지",
+    "식품",
+    "통신",
+    "기계",
+    "금융",
+    "소재",
+    "로보틱스",
+)
 
 
 def generated_stock(code: str) -> tuple[str, int]:
@@ -98,4 +111,4 @@ def tick_size(price: float) -> int:
 
 def round_to_tick(price: float) -> int:
     unit = tick_size(price)
-    return max(unit, int(round(price / unit)) * unit)
+    return max(unit, round(price / unit) * unit)

@@ -14,9 +14,10 @@ import secrets
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Literal
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from .seed import DEFAULT_PAPER_CASH, SEEDED_ACCOUNTS, SEEDED_STOCKS, generated_stock, tick_size
@@ -212,7 +213,9 @@ class SimulatorState:
         self._tick_cursor = 0
         for cano, spec in SEEDED_ACCOUNTS.items():
             self.create_account(cano, hts_id=spec["hts_id"], cash=spec["cash"])
-            self.set_holdings(cano, [{"stock_code": c, "quantity": q, "avg_price": p} for c, q, p in spec["holdings"]])
+            self.set_holdings(
+                cano, [{"stock_code": c, "quantity": q, "avg_price": p} for c, q, p in spec["holdings"]]
+            )
 
     # --- listeners (the real-time feed) ----------------------------------------------------
 
@@ -328,7 +331,9 @@ class SimulatorState:
         if not waiting:
             return
         for order in list(waiting):
-            reached = stock.price <= order.limit_price if order.side == "buy" else stock.price >= order.limit_price
+            reached = (
+                stock.price <= order.limit_price if order.side == "buy" else stock.price >= order.limit_price
+            )
             if reached:
                 # A resting order trades at its own price when the market comes to it.
                 self._fill(self.accounts[order.cano], order, order.limit_price)
@@ -336,7 +341,12 @@ class SimulatorState:
     # --- accounts --------------------------------------------------------------------------
 
     def create_account(
-        self, cano: str, *, environment: Environment = "paper", hts_id: str = "", cash: int = DEFAULT_PAPER_CASH
+        self,
+        cano: str,
+        *,
+        environment: Environment = "paper",
+        hts_id: str = "",
+        cash: int = DEFAULT_PAPER_CASH,
     ) -> Account:
         if not CANO_RE.match(cano):
             raise ValueError(f"CANO is 8 digits, not {cano!r}")
@@ -353,7 +363,12 @@ class SimulatorState:
         return self.accounts_by_hts_id.get(hts_id)
 
     def configure_account(
-        self, cano: str, *, environment: Environment | None = None, hts_id: str | None = None, cash: int | None = None
+        self,
+        cano: str,
+        *,
+        environment: Environment | None = None,
+        hts_id: str | None = None,
+        cash: int | None = None,
     ) -> Account:
         account = self.account(cano)
         if environment is not None:
@@ -391,7 +406,8 @@ class SimulatorState:
                 raise Rejection("40580000", "모의투자 장종료 입니다.")
             if limit_price is not None and not stock.lower_limit <= limit_price <= stock.upper_limit:
                 raise Rejection(
-                    "APBK0506", f"주문단가가 가격제한폭({stock.lower_limit}~{stock.upper_limit})을 벗어났습니다."
+                    "APBK0506",
+                    f"주문단가가 가격제한폭({stock.lower_limit}~{stock.upper_limit})을 벗어났습니다.",
                 )
             if side == "sell" and qty > account.orderable_qty(stock_code):
                 raise Rejection("APBK0400", "주문가능수량을 초과하였습니다.")
@@ -400,7 +416,9 @@ class SimulatorState:
         except Rejection:
             self.orders_rejected += 1
             raise
-        order = Order(f"{next(self._order_numbers):010d}", cano, stock_code, side, qty, limit_price, tr_id, hhmmss())
+        order = Order(
+            f"{next(self._order_numbers):010d}", cano, stock_code, side, qty, limit_price, tr_id, hhmmss()
+        )
         account.orders.append(order)
         marketable = (
             limit_price is None
@@ -426,7 +444,9 @@ class SimulatorState:
         if order.side == "buy":
             if held is None:
                 held = account.positions[order.stock_code] = Position(order.stock_code, 0, 0.0)
-            held.avg_price = (held.avg_price * held.quantity + price * order.qty) / (held.quantity + order.qty)
+            held.avg_price = (held.avg_price * held.quantity + price * order.qty) / (
+                held.quantity + order.qty
+            )
             held.quantity += order.qty
             held.bought_today += order.qty
             account.cash -= price * order.qty
@@ -436,8 +456,13 @@ class SimulatorState:
             account.cash += price * order.qty
         order.status, order.fill_price = "filled", price
         logger.info(
-            "filled order %s of %s: %s %s x%d at %d", order.order_no, account.cano, order.side,
-            order.stock_code, order.qty, price,
+            "filled order %s of %s: %s %s x%d at %d",
+            order.order_no,
+            account.cano,
+            order.side,
+            order.stock_code,
+            order.qty,
+            price,
         )
         self._emit(
             {
