@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
+from django.core.cache import cache
 
 from trading.brokers import broker_for, kis
 from trading.brokers.base import (
@@ -288,3 +289,28 @@ def test_secrets_and_tokens_never_reach_the_logs(simulator, sim_account, redis_c
     assert token and caplog.text
     for secret in (sim_account.app_key, sim_account.app_secret, token):
         assert secret not in caplog.text
+
+
+def due_for_renewal(broker: KoreaInvestService) -> str:
+    """Make the cached token expire in 10 minutes, inside the renewal margin; return it."""
+    record = cache.get(broker.token.cache_key)
+    cache.set(broker.token.cache_key, record | {"expires_at": time.time() + 600})
+    return record["access_token"]
+
+
+def test_a_token_is_renewed_ahead_of_its_expiry(simulator, sim_account, redis_client):
+    broker = KoreaInvestService(sim_account)
+    broker.get_price("005930")
+    due_for_renewal(broker)
+    broker.get_price("005930")
+    assert simulator.calls("tokenP") == 2
+    assert cache.get(broker.token.cache_key)["expires_at"] > time.time() + kis.TOKEN_RENEW_MARGIN
+
+
+def test_a_token_due_for_renewal_stays_in_use_while_kis_cannot_issue(simulator, sim_account, redis_client):
+    broker = KoreaInvestService(sim_account)
+    broker.get_price("005930")
+    old_token = due_for_renewal(broker)
+    simulator.inject_fault("http_500", 1)  # the renewal fails
+    assert broker.get_price("005930").price > 0
+    assert simulator.calls("tokenP") == 2 and cache.get(broker.token.cache_key)["access_token"] == old_token

@@ -210,6 +210,7 @@ class SharedToken:
         self.lock_name = f"kis:token-lock:{key_id}"
 
     def cached(self) -> str | None:
+        """The cached token, while it is not yet due for renewal."""
         record = cache.get(self.cache_key)
         if record and record["expires_at"] - TOKEN_RENEW_MARGIN > time.time():
             return record["access_token"]
@@ -219,31 +220,50 @@ class SharedToken:
         return self.cached() or self.refresh(issue, stale=None)
 
     def refresh(self, issue: Callable[[], dict], *, stale: str | None) -> str:
-        """A fresh token: the one another process just cached, or a new one from `issue`."""
+        """A fresh token: the one another process just cached, or a new one from `issue`.
+
+        `stale` is a token KIS refused: it is dropped for every process. A token merely due for
+        renewal stays in use until it expires if a new one cannot be had yet."""
         lock = redis_client(settings.REDIS_URL).lock(
             self.lock_name, timeout=TOKEN_LOCK_TIMEOUT, blocking_timeout=TOKEN_LOCK_TIMEOUT
         )
         if not lock.acquire():
             raise BrokerUnavailable("timed out waiting for another process to issue the KIS token")
         try:
-            token = self.cached()
-            if token and token != stale:
-                return token
-            if cache.get(self.issued_key):
-                raise TokenIssueLimited(
-                    f"a KIS token was issued less than {settings.KIS_TOKEN_MIN_INTERVAL:.0f}s ago",
-                    msg_cd="EGW00133",
-                )
+            record = cache.get(self.cache_key)
+            if record and record["access_token"] == stale:
+                cache.delete(self.cache_key)
+                record = None
+            if record and record["expires_at"] - TOKEN_RENEW_MARGIN > time.time():
+                return record["access_token"]
             try:
-                record = issue()
-            except TokenIssueLimited:
-                cache.set(self.issued_key, True, timeout=settings.KIS_TOKEN_MIN_INTERVAL)
+                return self._issue(issue)
+            except BrokerError as error:
+                if record and record["expires_at"] > time.time():
+                    logger.warning(
+                        "could not renew the KIS token of app key %s before it expires (%s); still using it",
+                        self.key_id,
+                        error.reason,
+                    )
+                    return record["access_token"]
                 raise
-            cache.set(self.issued_key, True, timeout=settings.KIS_TOKEN_MIN_INTERVAL)
-            cache.set(self.cache_key, record, timeout=max(1, int(record["expires_at"] - time.time())))
-            return record["access_token"]
         finally:
             lock.release()
+
+    def _issue(self, issue: Callable[[], dict]) -> str:
+        if cache.get(self.issued_key):
+            raise TokenIssueLimited(
+                f"a KIS token was issued less than {settings.KIS_TOKEN_MIN_INTERVAL:.0f}s ago",
+                msg_cd="EGW00133",
+            )
+        try:
+            record = issue()
+        except TokenIssueLimited:
+            cache.set(self.issued_key, True, timeout=settings.KIS_TOKEN_MIN_INTERVAL)
+            raise
+        cache.set(self.issued_key, True, timeout=settings.KIS_TOKEN_MIN_INTERVAL)
+        cache.set(self.cache_key, record, timeout=max(1, int(record["expires_at"] - time.time())))
+        return record["access_token"]
 
 
 class KoreaInvestService:
