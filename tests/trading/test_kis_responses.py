@@ -160,6 +160,8 @@ def test_unknown_extra_fields_and_integral_decimals_are_harmless(account):
         ROW | {"hldg_qty": "ten"},
         ROW | {"prpr": "72100.5"},
         ROW | {"evlu_pfls_rt": None},
+        ROW | {"pchs_avg_pric": "NaN"},
+        ROW | {"evlu_pfls_rt": "Infinity"},
         {k: v for k, v in ROW.items() if k != "prpr"},
         ROW | {"pdno": ""},
         "not an object",

@@ -133,9 +133,12 @@ def text_field(record: dict, name: str) -> str:
 def decimal_field(record: dict, name: str) -> Decimal:
     value = record.get(name)
     try:
-        return Decimal(value.strip().replace(",", ""))
+        number = Decimal(value.strip().replace(",", ""))
     except (AttributeError, InvalidOperation):
-        raise BadBrokerResponse(f"{name} is not a number: {value!r}") from None
+        number = None
+    if number is None or not number.is_finite():
+        raise BadBrokerResponse(f"{name} is not a number: {value!r}")
+    return number
 
 
 def int_field(record: dict, name: str) -> int:
