@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 
 from watchlist.events import watchlist_group
 
@@ -14,36 +14,58 @@ END_MARK = "test.end-mark"
 
 
 class GroupListener:
-    """Joins the account's group on enter. `messages()` returns what was broadcast since, in order.
+    """Joins the account's group on enter; `messages()` returns what was broadcast since, in order.
 
-    It sends an end mark to the group itself and reads up to it, so "nothing was sent" is checked
-    without waiting for a timeout."""
+    `messages()` sends an end mark to the group itself and reads up to it, so "nothing was sent" is
+    checked without waiting for a timeout. The listener keeps its own layer on its own event loop,
+    running all along: channels-redis clears each received message from a backup queue in a
+    background task, and a loop that stopped after each read would get the message again."""
 
     def __init__(self, account_id: int) -> None:
         self.group = watchlist_group(account_id)
         self.channel = f"test-listener-{uuid.uuid4().hex}"
-        self.layer = get_channel_layer()
         self.received: list[dict] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self) -> GroupListener:
-        async_to_sync(self.layer.group_add)(self.group, self.channel)
+        self.thread.start()
+        self.layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+        self._run(self.layer.group_add(self.group, self.channel))
         return self
 
     def __exit__(self, *exc_info) -> None:
-        async_to_sync(self.layer.group_discard)(self.group, self.channel)
+        self._run(self.layer.group_discard(self.group, self.channel))
+        self._run(self.layer.close_pools())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    def _run(self, coroutine, timeout: float = 20):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout + 5)
 
     def messages(self, event_type: str | None = None, timeout: float = 20) -> list[dict]:
         """The `message` of every event broadcast since entering (of `event_type` when given)."""
-        self.received += async_to_sync(self._read_to_end_mark)(timeout)
+        self._run(self._read_to_end_mark(timeout), timeout)
         return [event["message"] for event in self.received if event_type is None or event["type"] == event_type]
 
     def changes(self) -> list[dict]:
         return self.messages("watchlist.changed")
 
-    async def _read_to_end_mark(self, timeout: float) -> list[dict]:
+    def wait_for(self, event_type: str, timeout: float = 60) -> dict:
+        """The next `message` of `event_type` sent from elsewhere (another process), waiting up to `timeout`."""
+        return self._run(self._receive_next(event_type, timeout), timeout)
+
+    async def _read_to_end_mark(self, timeout: float) -> None:
         await self.layer.group_send(self.group, {"type": END_MARK})
-        received = []
         async with asyncio.timeout(timeout):
             while (event := await self.layer.receive(self.channel))["type"] != END_MARK:
-                received.append(event)
-        return received
+                self.received.append(event)
+
+    async def _receive_next(self, event_type: str, timeout: float) -> dict:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.layer.receive(self.channel)
+                self.received.append(event)
+                if event["type"] == event_type:
+                    return event["message"]
