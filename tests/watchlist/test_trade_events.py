@@ -4,8 +4,10 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
+from trading.brokers.base import InvalidOrder
 from trading.brokers.memory import MemoryBroker
 from watchlist.models import PendingTrade, Watchlist, WatchlistChange, WatchlistItem
 from watchlist.services import WatchlistService
@@ -188,3 +190,16 @@ def test_trade_versions_and_syncs_interleave_without_gaps(account, broker, run):
     assert versions == list(range(1, Watchlist.objects.get(account=account).version + 1))
     assert items(account) == {"000660": (2, False)}
     assert not PendingTrade.objects.filter(resolved_at__isnull=True).exists()
+
+
+def test_a_trade_event_refuses_to_run_inside_an_outer_transaction(account, broker):
+    # Its commit and broadcast must happen under the account lock, not at some outer commit later.
+    with pytest.raises(RuntimeError, match="durable"), transaction.atomic():
+        WatchlistService(account, broker).handle_trade_event("005930", "buy", 1)
+    assert not WatchlistItem.objects.exists()
+
+
+def test_a_trade_event_validates_its_input(account, broker):
+    with pytest.raises(InvalidOrder) as invalid:
+        WatchlistService(account, broker).handle_trade_event("5930", "hold", 0)
+    assert set(invalid.value.errors) == {"stock_code", "side", "qty"}
