@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Iterable
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -41,7 +43,9 @@ def send_sync_status(account_id: int, sync: dict) -> None:
     _send(account_id, "sync.status", {"type": "sync_status", "sync": sync, "timestamp": int(time.time())})
 
 
-def price_update_message(stock_code: str, price: int, change: int, change_rate: float, volume: int) -> dict:
+def price_update_message(stock_code: str, price: int, change: int, change_rate: float, volume: int,
+                         timestamp: int | None = None) -> dict:
+    """`timestamp`: when the price traded (default now)."""
     return {
         "type": "price_update",
         "stock_code": stock_code,
@@ -49,9 +53,22 @@ def price_update_message(stock_code: str, price: int, change: int, change_rate: 
         "change": change,
         "change_rate": change_rate,
         "volume": volume,
-        "timestamp": int(time.time()),
+        "timestamp": int(time.time()) if timestamp is None else timestamp,
     }
 
 
 def send_price_update(account_id: int, message: dict) -> None:
     _send(account_id, "price.update", message)
+
+
+async def broadcast_price_updates(updates: Iterable[tuple[Iterable[int], dict]]) -> None:
+    """Send each price_update message to the groups of the accounts watching its code, all at once
+    (the price feed runs in an event loop and flushes many codes together)."""
+    layer = get_channel_layer()
+    await asyncio.gather(
+        *(
+            layer.group_send(watchlist_group(account_id), {"type": "price.update", "message": message})
+            for account_ids, message in updates
+            for account_id in account_ids
+        )
+    )
