@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.celery",
     "tests.fixtures.servers",
     "tests.fixtures.trade",
+    "tests.fixtures.faults",
 ]

@@ -39,7 +39,6 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Literal
 
 import pandas as pd
@@ -282,7 +281,10 @@ class WatchlistService:
             watchlist=watchlist, version=version, cause=cause, note=note,
             added=list(changes.added), removed=list(changes.removed), updated=list(changes.updated),
         )
-        transaction.on_commit(partial(self._broadcast_watchlist_change, watchlist, changes, version), robust=True)
+        # A lambda, not functools.partial (here and in record_sync_outcome): Django logs a failed robust
+        # hook by its __qualname__, which a partial lacks, so a failed broadcast (Redis restarting)
+        # would raise out of the commit instead of being logged.
+        transaction.on_commit(lambda: self._broadcast_watchlist_change(watchlist, changes, version), robust=True)
         return version
 
     def _broadcast_watchlist_change(self, watchlist: Watchlist, changes: WatchlistDiff, version: int) -> None:
@@ -328,7 +330,7 @@ def record_sync_outcome(account_id: int, error: BrokerError | None = None, *, no
         state.save()
         if error is not None or state.status != previous_status:
             sync = sync_status_dict(state)
-            transaction.on_commit(partial(events.send_sync_status, account_id, sync), robust=True)
+            transaction.on_commit(lambda: events.send_sync_status(account_id, sync), robust=True)
     if error is not None:
         logger.info("sync of account=%s failing (%d in a row), next attempt at %s",
                     account_id, state.consecutive_failures, state.next_attempt_at.isoformat())
@@ -352,10 +354,13 @@ def sync_and_record(account: BrokerAccount, broker: Broker | None = None) -> Syn
 def claim_due_syncs(now: datetime | None = None) -> list[int]:
     """Ids of the accounts whose sync is due (or never ran), each pushed out by the queue lease.
 
-    The lease equals the Redis visibility timeout: a task lost with its worker is redelivered by
-    then, and if it is not, the account is due again."""
+    The lease is one sync interval: a queued task can be lost with its queue (Redis restarted
+    without persistence) or its worker (SIGKILL: Redis redelivers it only after the visibility
+    timeout), and its account must then be due again as soon as a healthy one would be. A task
+    still waiting after a whole interval is queued twice; the later one syncs again or finds the
+    account's sync running and skips."""
     now = now or timezone.now()
-    lease = timedelta(seconds=settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600))
+    lease = timedelta(seconds=settings.WATCHLIST_SYNC_INTERVAL)
     never_synced = BrokerAccount.objects.filter(sync_state__isnull=True).values_list("id", flat=True)
     SyncState.objects.bulk_create([SyncState(account_id=account_id) for account_id in never_synced],
                                   ignore_conflicts=True)
