@@ -207,6 +207,8 @@ class WatchlistService:
                                          cause=WatchlistChange.Cause.SYNC, note=plan.note(grace))
             _resolve(plan.confirmed, PendingTrade.Resolution.CONFIRMED, now)
             _resolve(plan.expired, PendingTrade.Resolution.EXPIRED, now)
+        if plan.expired:
+            logger.warning("account=%s version=%s: %s", self.account.id, version, plan.note(grace))
         logger.info("synced account=%s version=%s balance_rows=%d holdings=%d changes=%s repriced=%d",
                     self.account.id, version, len(account_df), len(holding_stocks), changes.as_dict(),
                     len(changes.repriced))
