@@ -16,6 +16,7 @@ from rest_framework.views import exception_handler, set_rollback
 
 from trading.brokers.base import InvalidOrder
 from trading.services import AccountNotFound
+from watchlist.locks import AccountLockTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +30,11 @@ def api_exception_handler(exc, context):
     elif isinstance(exc, AccountNotFound):
         exc = exceptions.NotFound(str(exc))
 
-    if isinstance(exc, (OperationalError, InterfaceError)):
+    if message := unavailable_message(exc):
         set_rollback()
-        logger.error("database unavailable for %s: %s", _path(context), exc)
-        return Response(
-            {"success": False, "message": "The database is unavailable; try again shortly."},
-            status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "5"},
-        )
+        logger.warning("503 for %s: %s", _path(context), exc)
+        return Response({"success": False, "message": message}, status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": "5"})
     response = exception_handler(exc, context)
     if response is None:
         set_rollback()
@@ -49,6 +47,15 @@ def api_exception_handler(exc, context):
     else:
         response.data = {"success": False, "message": validation_message(data), "errors": data}
     return response
+
+
+def unavailable_message(exc) -> str | None:
+    """What to tell the client when `exc` is a passing unavailability (a 503), else None."""
+    if isinstance(exc, AccountLockTimeout):
+        return "The account is busy with another trade or a sync; try again shortly."
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return "The database is unavailable; try again shortly."
+    return None
 
 
 def validation_message(errors) -> str:

@@ -17,6 +17,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from watchlist import tasks as watchlist_tasks
+from watchlist.locks import trade_in_flight
 from watchlist.models import SyncState, WatchlistItem
 from watchlist.services import WatchlistService
 
@@ -119,20 +120,29 @@ def place_trade(
 ) -> TradeResult:
     """Place one cash order for the user and apply it to the watchlist at once.
 
-    Raises InvalidOrder (bad input, nothing sent) and AccountNotFound; every other outcome,
-    including the broker's refusals and failures, is a TradeResult. With an `idempotency_key`,
-    the first valid request with that key is the only one that can send an order; later ones
-    (concurrent ones wait for it) get its result. Must not run inside a transaction: the key
-    has to be visible to other processes before the order leaves.
+    Raises InvalidOrder (bad input, nothing sent), AccountNotFound, and AccountLockTimeout (the
+    account stayed busy, nothing sent); every other outcome, including the broker's refusals and
+    failures, is a TradeResult. With an `idempotency_key`, the first valid request with that key
+    is the only one that can send an order; later ones (concurrent ones wait for it) get its
+    result. Must not run inside a transaction: the key has to be visible to other processes
+    before the order leaves.
+
+    Trades of one account take turns, and no sync of it runs meanwhile (`trade_in_flight`), from
+    before the order leaves until the watchlist holds its optimistic change.
     """
     validate_order(stock_code, side, qty, price)
     if idempotency_key is not None and (key_error := idempotency_key_error(idempotency_key)):
         raise InvalidOrder({"idempotency_key": key_error})
     account = user_account(user=user, account_id=account_id)
-    if idempotency_key is None:
-        return _trade(account, stock_code, side, qty, price, broker)
+    with trade_in_flight(account.id):
+        if idempotency_key is None:
+            return _trade(account, stock_code, side, qty, price, broker)
+        return _idempotent_trade(user, idempotency_key, account, stock_code, side, qty, price, broker)
 
-    claim, earlier_result = _claim_idempotency_key(user, idempotency_key, stock_code, qty)
+
+def _idempotent_trade(user, key: str, account: BrokerAccount, stock_code: str, side: Side, qty: int,
+                      price: int | None, broker: Broker | None) -> TradeResult:
+    claim, earlier_result = _claim_idempotency_key(user, key, stock_code, qty)
     if earlier_result is not None:
         logger.info("idempotent replay account=%s stock=%s key_id=%s outcome=%s",
                     account.id, stock_code, claim.id, earlier_result.outcome.value)

@@ -74,3 +74,19 @@ def sync_in_progress(account_id: int) -> Iterator[bool]:
     finally:
         if acquired:
             _release(lock, account_id, "sync")
+
+
+@contextmanager
+def trade_in_flight(account_id: int) -> Iterator[None]:
+    """Held by a trade from before its order leaves until its optimistic change is committed.
+
+    It is the `sync_in_progress` lock, taken with waiting: a sync whose balance read overlapped a
+    trade could see the fill before the trade's optimistic change exists and then have that change
+    counted twice, so a sync finds the lock taken and skips, and a trade waits for a running sync."""
+    lock = _lock(account_id, "sync")
+    if not lock.acquire(blocking_timeout=settings.WATCHLIST_LOCK_TIMEOUT + 5):
+        raise AccountLockTimeout(f"sync lock of account {account_id} not acquired for a trade")
+    try:
+        yield
+    finally:
+        _release(lock, account_id, "sync")

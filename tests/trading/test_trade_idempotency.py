@@ -47,10 +47,12 @@ def in_threads(*calls):
 
 
 def test_a_request_arriving_while_the_first_is_in_flight_waits_and_gets_its_answer(
-    user, account, memory_broker, sync_requests, monkeypatch
+    user, account, make_account, memory_broker, sync_requests, monkeypatch
 ):
     """The order call is held until the second request is seen waiting for the key, so the
-    interleaving is the worst one, whatever the machine's speed."""
+    interleaving is the worst one, whatever the machine's speed. (The second names another of the
+    user's accounts: requests on one account already take turns, see the next test.)"""
+    second_account = make_account(user, cano="50999999")
     second_is_waiting = threading.Event()
 
     def poll_pause(seconds):
@@ -61,18 +63,32 @@ def test_a_request_arriving_while_the_first_is_in_flight_waits_and_gets_its_answ
     place_order = memory_broker.place_order
 
     def held_place_order(*args, **kwargs):
-        assert second_is_waiting.wait(timeout=WAIT)
+        if not second_is_waiting.wait(timeout=WAIT):
+            raise RuntimeError("the second request never waited for the key")
         return place_order(*args, **kwargs)
 
     monkeypatch.setattr(memory_broker, "place_order", held_place_order)
-    clients = [token_client(user), token_client(user)]
+    client = token_client(user)
 
-    first, second = in_threads(*(lambda client=client: post_buy(client, "same-moment") for client in clients))
+    def buy(account_id):
+        return client.post("/execute-buy/005930", data=json.dumps({"qty": 1, "account": account_id}),
+                           content_type="application/json", HTTP_IDEMPOTENCY_KEY="same-moment")
 
-    assert first.status_code == second.status_code == 200
+    first, second = in_threads(lambda: buy(account.id), lambda: buy(second_account.id))
+
+    assert first.status_code == second.status_code == 200, (first.json(), second.json())
     assert first.json() == second.json()
     assert len(memory_broker.orders) == 1 and Order.objects.count() == 1
     assert IdempotencyKey.objects.get().result["order_id"] == first.json()["order_id"]
+
+
+def test_requests_with_one_key_on_one_account_at_the_same_moment_place_one_order(user, account, memory_broker,
+                                                                                  sync_requests):
+    clients = [token_client(user) for _ in range(3)]
+    responses = in_threads(*(lambda client=client: post_buy(client, "same-account") for client in clients))
+    assert {r.status_code for r in responses} == {200}
+    assert len({json.dumps(r.json(), sort_keys=True) for r in responses}) == 1
+    assert len(memory_broker.orders) == 1
 
 
 def test_two_requests_with_one_key_at_the_same_moment_place_one_order_on_the_simulator(
