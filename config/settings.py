@@ -202,6 +202,10 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
     "DEFAULT_THROTTLE_RATES": {"auth": os.environ.get("AUTH_THROTTLE_RATE", "20/min")},
+    # How many reverse proxies in front append to X-Forwarded-For: throttles count the address the
+    # nearest one saw. Left unset, DRF keys on the whole header, which any client can forge to reset
+    # its password-guessing limit with every request.
+    "NUM_PROXIES": int(os.environ.get("NUM_PROXIES", "0")),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Live Watchlist API",
