@@ -9,6 +9,8 @@ import logging
 from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from django.views import defaults
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -55,6 +57,9 @@ def unavailable_message(exc) -> str | None:
         return "The account is busy with another trade or a sync; try again shortly."
     if isinstance(exc, (OperationalError, InterfaceError)):
         return "The database is unavailable; try again shortly."
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        # Locks, the KIS token and rate limit live in Redis: without it no order can leave.
+        return "A service the app needs (Redis) is unavailable; try again shortly."
     return None
 
 
