@@ -39,7 +39,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
+from functools import cached_property, partial
 from typing import TypeVar
 
 from channels.db import database_sync_to_async
@@ -69,7 +69,7 @@ from .models import WatchlistItem
 logger = logging.getLogger(__name__)
 
 FeedCode = tuple[str, str]  # (feed URL, stock code)
-K = TypeVar("K")
+SessionKey = TypeVar("SessionKey")
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,15 @@ class WatchState:
     accounts: dict[int, FeedAccount]
     watchers: dict[FeedCode, frozenset[int]]
 
+    @cached_property
+    def _by_credentials(self) -> dict[Credentials, list[FeedAccount]]:
+        grouped = defaultdict(list)
+        for account in self.accounts.values():
+            grouped[account.credentials].append(account)
+        return grouped
+
     def accounts_of(self, credentials: Credentials) -> list[FeedAccount]:
-        return [account for account in self.accounts.values() if account.credentials == credentials]
+        return self._by_credentials.get(credentials, [])
 
 
 def load_watch_state() -> WatchState:
@@ -112,13 +119,13 @@ def load_watch_state() -> WatchState:
 
 
 def assign_codes(
-    room: Mapping[K, int], codes: Iterable[str], current: Mapping[K, set[str]]
-) -> tuple[dict[K, set[str]], set[str]]:
+    room: Mapping[SessionKey, int], codes: Iterable[str], current: Mapping[SessionKey, set[str]]
+) -> tuple[dict[SessionKey, set[str]], set[str]]:
     """Spread codes over sessions with `room` free registrations each: a code stays on the session
     that has it, a new one goes to the session with the most room left. Returns the assignment and
     the codes that fit nowhere."""
     wanted = set(codes)
-    assigned: dict[K, set[str]] = {key: set() for key in room}
+    assigned: dict[SessionKey, set[str]] = {key: set() for key in room}
     placed: set[str] = set()
     for key in room:
         for code in sorted((current.get(key, set()) & wanted) - placed)[: room[key]]:
@@ -201,13 +208,20 @@ class PriceFeed:
 
     @staticmethod
     async def _every(interval: float, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` every `interval` seconds for good. A failed round (the database restarting, say)
+        is logged when the failures start and end, not twice a second, and the next round tries again."""
+        failing = False
         while True:
             try:
                 await step()
             except Exception:
-                # A long-running process: a failed round (the database restarting, say) is logged
-                # and the next round tries again.
-                logger.exception("price feed: %s failed", step.__name__)
+                if not failing:
+                    logger.exception("price feed: %s failed; retrying every %.1fs", step.__name__, interval)
+                failing = True
+            else:
+                if failing:
+                    logger.info("price feed: %s works again", step.__name__)
+                failing = False
             await asyncio.sleep(interval)
 
     # --- following the watchlists ---------------------------------------------------------------

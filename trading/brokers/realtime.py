@@ -384,14 +384,14 @@ class RealtimeSession:
                         logger.info("real-time session %s connected to %s", self.name, self.url)
                         delay = self.retry_delay
                         await self._serve(ws, approval_key)
-                except (OSError, asyncio.TimeoutError, websockets.ConnectionClosed, websockets.InvalidHandshake,
-                        BrokerError) as exc:
-                    logger.warning("real-time session %s to %s lost: %s; again in %.1fs",
+                except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake, BrokerError) as exc:
+                    logger.warning("real-time session %s to %s failed: %s; connecting again in %.1fs",
                                    self.name, self.url, exc.__class__.__name__ + (f" {exc}" if str(exc) else ""),
                                    delay)
                 finally:
                     self.active.clear()
                     self._sent.clear()
+                    self._keys.clear()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_delay)
 

@@ -5,8 +5,9 @@ What a client sees (../shared/docs/kis-api.md, "Real-time WebSocket"):
   "body": {"input": {"tr_id", "tr_key"}}}`. The approval key must be one that POST /oauth2/Approval
   issued. Acks: OPSP0000 registered (with the session's AES-256 `key` and `iv`), OPSP0001 unregistered,
   OPSP0002 already registered, OPSP0003 not registered, OPSP8996 the app key already has a live
-  session, OPSP0008 beyond 41 registrations. An unknown approval key (OPSP0011) and an unknown TR
-  (OPSP0007) use codes of the simulator's own choosing.
+  session, OPSP0008 beyond 41 registrations. An unknown approval key (OPSP0011), an unknown TR or a
+  malformed stock code (OPSP0007) use codes of the simulator's own choosing. Any well-formed code can
+  be registered: one the market has not seen is listed with a generated name and price.
 - H0STCNT0 frames carry the price walk's trades of registered codes, `0|H0STCNT0|<count>|...`; trades
   that happen together travel as several records in one frame.
 - H0STCNI0 / H0STCNI9 registered with an account's HTS id carry its order events, AES-256-CBC encrypted
@@ -37,11 +38,13 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..realtime import FILL_TRS, MAX_REGISTRATIONS, PINGPONG, PRICE_TR, REALTIME_PATH, Registration
+from .control import BadInput, answer, is_number, is_whole, json_of
 from .seed import tick_size
-from .state import SimulatorState, now_kst
+from .state import STOCK_CODE_RE, SimulatorState, now_kst
 
 logger = logging.getLogger(__name__)
 
+PING_TASK = web.AppKey("realtime_ping_task", asyncio.Task)
 DEFAULT_PING_INTERVAL = 10.0
 OUTBOX_LIMIT = 10_000  # a client this far behind is dropped, as KIS drops slow consumers
 MAX_RECORDS_PER_FRAME = 50
@@ -213,6 +216,10 @@ class RealtimeFeed:
         session.app_key = app_key
         if tr_id != PRICE_TR and tr_id not in FILL_TRS:
             return ack(tr_id, tr_key, "OPSP0007", "invalid tr_id", ok=False)
+        if tr_id == PRICE_TR:
+            if not STOCK_CODE_RE.match(tr_key):
+                return ack(tr_id, tr_key, "OPSP0007", "invalid tr_key", ok=False)
+            self.state.stock(tr_key)  # a code the market has not seen yet is listed, and trades from now on
         registration = Registration(tr_id, tr_key)
         keys = {"iv": session.iv, "key": session.key}
         if header.get("tr_type") == "2":
@@ -265,52 +272,43 @@ class RealtimeFeed:
     # --- control API ------------------------------------------------------------------------
 
     async def get_control(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"ping_interval": self.ping_interval, "sessions": [s.view() for s in self.sessions.values()]}
-        )
+        return answer({"ping_interval": self.ping_interval, "sessions": [s.view() for s in self.sessions.values()]})
 
     async def post_control(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await json_of(request)
         interval = body.get("ping_interval") if isinstance(body, dict) else None
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
-            raise web.HTTPBadRequest(text='the body is {"ping_interval": <seconds > 0>}')
+        if not is_number(interval) or interval <= 0:
+            raise BadInput('the body is {"ping_interval": <seconds > 0>}')
         self.ping_interval = float(interval)
-        self._restart_pinging(request.app)
+        # The new interval takes effect now, not after the current (possibly long) wait.
+        request.app[PING_TASK].cancel()
+        request.app[PING_TASK] = asyncio.create_task(self.ping_all())
         return await self.get_control(request)
-
-    def _restart_pinging(self, app: web.Application) -> None:
-        """A new interval takes effect now, not after the current (possibly long) wait."""
-        app[PING_TASK].cancel()
-        app[PING_TASK] = asyncio.create_task(self.ping_all())
 
     async def drop(self, request: web.Request) -> web.Response:
         sessions = list(self.sessions.values())
         for session in sessions:
             await session.ws.close(code=1011, message=b"dropped by /_fake/realtime/drop")
-        return web.json_response({"dropped": len(sessions)})
+        return answer({"dropped": len(sessions)})
 
     async def burst(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await json_of(request)
         if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text='the body is {"stock_code", "trades", "seconds"}')
+            raise BadInput('the body is {"stock_code", "trades", "seconds"}')
         code, trades, seconds = body.get("stock_code"), body.get("trades"), body.get("seconds", 1.0)
-        if not isinstance(trades, int) or not 1 <= trades <= 100_000 or not isinstance(seconds, (int, float)):
-            raise web.HTTPBadRequest(text="trades is 1..100000, seconds a number")
-        try:
-            stock = self.state.stock(str(code))
-        except ValueError as exc:
-            raise web.HTTPBadRequest(text=str(exc)) from None
-        rounds = max(1, int(seconds * 50))  # trades go out in about 50 slices a second
+        if not STOCK_CODE_RE.match(str(code)):
+            raise BadInput("a stock code is 6 digits or upper-case letters")
+        if not is_whole(trades) or not 1 <= trades <= 100_000 or not is_number(seconds) or seconds < 0:
+            raise BadInput("trades is a whole number 1..100000, seconds a number >= 0")
+        stock = self.state.stock(code)
+        rounds = max(1, int(seconds * 50))  # the trades go out in about 50 slices a second
         per_round, extra = divmod(trades, rounds)
         for round_no in range(rounds):
             for _ in range(per_round + (round_no < extra)):
                 step = self.state.rng.choice((-1, 1)) * tick_size(stock.price)
                 self.state.set_price(stock.code, min(stock.upper_limit, max(stock.lower_limit, stock.price + step)))
             await asyncio.sleep(seconds / rounds)
-        return web.json_response({"stock_code": stock.code, "trades": trades, "last_price": stock.price})
-
-
-PING_TASK = web.AppKey("realtime_ping_task", asyncio.Task)
+        return answer({"stock_code": stock.code, "trades": trades, "last_price": stock.price})
 
 
 def setup_realtime(app: web.Application, state: SimulatorState) -> None:
