@@ -238,6 +238,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "httpx": {"level": "WARNING"},
+        # Its DEBUG trace repeats a header value it refused (a mistyped app key) verbatim.
+        "httpcore": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
     },
 }

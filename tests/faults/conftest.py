@@ -79,7 +79,8 @@ def resume(process: AppProcess) -> None:
 
 
 def watchlist_quantities(account: BrokerAccount) -> dict[str, int]:
-    return dict(WatchlistItem.objects.filter(watchlist__account=account).values_list("stock_code", "quantity"))
+    items = WatchlistItem.objects.filter(watchlist__account=account)
+    return dict(items.values_list("stock_code", "quantity"))
 
 
 def simulator_quantities(simulator, cano: str) -> dict[str, int]:
@@ -105,6 +106,7 @@ def wait_in_step(accounts: list[BrokerAccount], simulator, system: System, timeo
 
 
 def api_token(server: DaphneServer, username: str, password: str) -> str:
-    response = httpx.post(f"{server.url}/api/auth/token/", json={"username": username, "password": password}, timeout=30)
+    credentials = {"username": username, "password": password}
+    response = httpx.post(f"{server.url}/api/auth/token/", json=credentials, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()["token"]

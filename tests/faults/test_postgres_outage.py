@@ -24,7 +24,8 @@ CANO = "52000001"
 
 @pytest.fixture
 def database_proxy():
-    proxy = TcpProxy(connection.settings_dict["HOST"] or "127.0.0.1", int(connection.settings_dict["PORT"] or 5432))
+    database = connection.settings_dict
+    proxy = TcpProxy(database["HOST"] or "127.0.0.1", int(database["PORT"] or 5432))
     proxy.start()
     yield proxy
     proxy.close()
@@ -56,7 +57,8 @@ def signed_in(server) -> httpx.Client:
 
 
 def is_json_error(response: httpx.Response) -> bool:
-    return response.headers.get("content-type", "").startswith("application/json") and response.json()["success"] is False
+    is_json = response.headers.get("content-type", "").startswith("application/json")
+    return is_json and response.json()["success"] is False
 
 
 def test_the_api_answers_503_in_json_while_the_database_is_away_and_recovers(
@@ -66,8 +68,8 @@ def test_the_api_answers_503_in_json_while_the_database_is_away_and_recovers(
     system.worker()
     system.beat()
     wait_in_step([account], simulator, system)
-    api = httpx.Client(base_url=server.url, headers={"Authorization": f"Token {api_token(server, 'trader', 'trader-pass-123')}"},
-                       timeout=60)
+    token = api_token(server, "trader", "trader-pass-123")
+    api = httpx.Client(base_url=server.url, headers={"Authorization": f"Token {token}"}, timeout=60)
     browser = signed_in(server)
     assert api.get("/api/watchlist/").status_code == browser.get("/api/watchlist/").status_code == 200
 
@@ -92,7 +94,7 @@ def test_the_api_answers_503_in_json_while_the_database_is_away_and_recovers(
     wait_for(lambda: api.get("/api/watchlist/").status_code == 200, WAIT, "the API to answer 200 again")
     bought = api.post("/execute-buy/005930", json={"qty": 1})
     assert bought.status_code == 200, bought.text
-    wait_for(lambda: SyncState.objects.filter(account=account, last_success_at__gt=restored_at).exists(), WAIT,
-             "a sync after the database came back")
+    wait_for(lambda: SyncState.objects.filter(account=account, last_success_at__gt=restored_at).exists(),
+             WAIT, "a sync after the database came back")
     wait_in_step([account], simulator, system)
     assert [order["order_no"] for order in simulator.orders(CANO)] == [bought.json()["order_id"]]

@@ -37,7 +37,8 @@ def buy(server, token: str, account, code: str, qty: int) -> httpx.Response:
 
 
 def every_account_due(accounts) -> bool:
-    return SyncState.objects.filter(account__in=accounts, next_attempt_at__lte=timezone.now()).count() == len(accounts)
+    due = SyncState.objects.filter(account__in=accounts, next_attempt_at__lte=timezone.now())
+    return due.count() == len(accounts)
 
 
 def dispatch_once(system) -> int:
@@ -74,12 +75,13 @@ def test_syncs_resume_and_no_trade_is_lost_or_doubled_after_a_redis_restart(
     # Behaviour, not timing: nothing lost with the queue waits longer than one interval to be queued again.
     for state in SyncState.objects.filter(account__in=accounts):
         assert state.next_attempt_at <= restarted_at + timedelta(seconds=SYNC_INTERVAL), (
-            f"account {state.account_id} is not due again until {state.next_attempt_at} (Redis back at {restarted_at})"
+            f"account {state.account_id} not due until {state.next_attempt_at}, Redis back at {restarted_at}"
         )
     wait_for(lambda: SyncState.objects.filter(account__in=accounts, last_success_at__gt=restarted_at).count()
              == len(accounts), WAIT, "every account to sync after the restart")
 
-    answers += [buy(server, token, account, "035420", 1) for account in accounts]  # a fresh token cache, new locks
+    # A fresh token cache, new locks:
+    answers += [buy(server, token, account, "035420", 1) for account in accounts]
     wait_in_step(accounts, simulator, system)
 
     assert while_down.status_code in (502, 503) and while_down.json()["success"] is False, while_down.text

@@ -57,7 +57,7 @@ def test_a_killed_workers_lock_expires_and_the_account_syncs_again_without_overl
         reads_while_locked.add(simulator.calls("inquire-balance"))
         time.sleep(0.05)
     state_at_expiry = SyncState.objects.get(account=account)
-    assert reads_while_locked <= {blocked_reads}, "a second sync read the balance while the first held the lock"
+    assert reads_while_locked <= {blocked_reads}, "a second sync read the balance while the lock was held"
 
     # Once expired, the account is due within one interval and syncs again.
     assert state_at_expiry.next_attempt_at <= timezone.now() + timedelta(seconds=SYNC_INTERVAL)

@@ -70,9 +70,10 @@ def answer(client: APIClient, method: str, path: str, body: dict | None):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("login, page", [(token_client, False), (session_client, True)], ids=["token", "session"])
-def test_no_http_door_opens_on_another_users_account(login, page, victims_account, intruders_account, other_user,
-                                                     memory_broker, sync_requests):
+@pytest.mark.parametrize("login, page", [(token_client, False), (session_client, True)],
+                         ids=["token", "session"])
+def test_no_http_door_opens_on_another_users_account(login, page, victims_account, intruders_account,
+                                                     other_user, memory_broker, sync_requests):
     intruder = login(other_user)
     for account_id in guessed_ids(victims_account):
         for guess, never in zip(attempts(account_id, page=page), attempts(NEVER_AN_ID, page=page)):
@@ -113,8 +114,8 @@ def test_no_socket_subscribes_to_another_users_account(daphne_server, victims_ac
         "session": [("Cookie", f"sessionid={session}"), ("Origin", daphne_server.url)],
     }
     for door, headers in doors.items():
-        own = asyncio.run(socket_outcome(daphne_server.ws_url(f"/ws/watchlist/?account={intruders_account.id}"),
-                                         headers))
+        own_url = daphne_server.ws_url(f"/ws/watchlist/?account={intruders_account.id}")
+        own = asyncio.run(socket_outcome(own_url, headers))
         assert own == "snapshot", door  # the door works: the intruder's own account opens
         for account_id in guessed_ids(victims_account):
             url = daphne_server.ws_url(f"/ws/watchlist/?account={account_id}")
@@ -127,7 +128,8 @@ def test_no_socket_subscribes_to_another_users_account(daphne_server, victims_ac
 def test_the_admin_shows_no_account_to_a_user_who_is_not_staff(client, victims_account, other_user):
     client.force_login(other_user)
     watchlist = Watchlist.objects.get(account=victims_account)
-    pages = ["/admin/", "/admin/trading/brokeraccount/", f"/admin/trading/brokeraccount/{victims_account.id}/change/",
+    pages = ["/admin/", "/admin/trading/brokeraccount/",
+             f"/admin/trading/brokeraccount/{victims_account.id}/change/",
              f"/admin/watchlist/watchlist/{watchlist.id}/change/"]
     for page in pages:
         response = client.get(page)
@@ -136,7 +138,8 @@ def test_the_admin_shows_no_account_to_a_user_who_is_not_staff(client, victims_a
 
 @pytest.mark.django_db
 def test_staff_without_permissions_sees_no_account_in_the_admin(client, victims_account):
-    client.force_login(get_user_model().objects.create_user("helpdesk", password="helpdesk-pass-123", is_staff=True))
+    staff = get_user_model().objects.create_user("helpdesk", password="helpdesk-pass-123", is_staff=True)
+    client.force_login(staff)
     response = client.get(f"/admin/trading/brokeraccount/{victims_account.id}/change/")
     assert response.status_code == 403
     assert VICTIM_CANO not in client.get("/admin/").content.decode()

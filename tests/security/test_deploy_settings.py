@@ -33,18 +33,20 @@ def test_check_deploy_is_clean_under_production_settings():
     assert "System check identified no issues (0 silenced)." in done.stdout
 
 
+HTTPS_ONLY = {
+    "DEBUG": False, "SESSION_COOKIE_SECURE": True, "CSRF_COOKIE_SECURE": True,
+    "SECURE_SSL_REDIRECT": True, "SECURE_HSTS_SECONDS": 31536000,
+    "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
+    "SECURE_CONTENT_TYPE_NOSNIFF": True, "X_FRAME_OPTIONS": "DENY",
+}
+
+
 def test_production_settings_are_https_only():
-    names = ["DEBUG", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS",
-             "SECURE_PROXY_SSL_HEADER", "SECURE_CONTENT_TYPE_NOSNIFF", "X_FRAME_OPTIONS"]
-    command = f"from django.conf import settings; import json; print(json.dumps({{n: getattr(settings, n) for n in {names}}}))"
+    command = ("from django.conf import settings; import json; "
+               f"print(json.dumps({{n: getattr(settings, n) for n in {list(HTTPS_ONLY)}}}))")
     done = manage("shell", "-c", command, **PRODUCTION)
     assert done.returncode == 0, done.stderr
-    values = json.loads(done.stdout.strip().splitlines()[-1])
-    assert values == {
-        "DEBUG": False, "SESSION_COOKIE_SECURE": True, "CSRF_COOKIE_SECURE": True, "SECURE_SSL_REDIRECT": True,
-        "SECURE_HSTS_SECONDS": 31536000, "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
-        "SECURE_CONTENT_TYPE_NOSNIFF": True, "X_FRAME_OPTIONS": "DENY",
-    }
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == HTTPS_ONLY
 
 
 @pytest.mark.parametrize("missing", ["SECRET_KEY", "FIELD_ENCRYPTION_KEY"])

@@ -443,6 +443,11 @@ class KoreaInvestService:
             raise BrokerUnavailable(
                 f"the call {tr_id} to KIS failed ({type(error).__name__}){unknown}"
             ) from None
+        except UnicodeEncodeError:
+            # A header value outside ASCII (a mistyped app key or secret): nothing was sent.
+            raise AuthenticationFailed(
+                "the app key or secret holds characters that cannot be sent to KIS"
+            ) from None
         answer = json_object(response, tr_id)
         msg_cd, message = str(answer.get("msg_cd") or ""), str(answer.get("msg1") or "").strip()
         if error := error_for(msg_cd, message):
