@@ -6,6 +6,8 @@ same JSON shape; the trade endpoints add `stock_code` and `qty` to their error a
 
 from __future__ import annotations
 
+import hashlib
+
 from django.contrib.auth.views import LoginView
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -128,7 +130,9 @@ class TradeApi(APIView):
 
 
 TRADE_PARAMETERS = [
-    OpenApiParameter("stock_code", OpenApiTypes.STR, OpenApiParameter.PATH, description="KRX short code, e.g. 005930."),
+    # The rule is trading.brokers.base.stock_code_error's, written as the ECMA regex OpenAPI uses.
+    OpenApiParameter("stock_code", OpenApiTypes.STR, OpenApiParameter.PATH, pattern="^[0-9A-Z]{6}$",
+                     description="KRX short code: 6 digits or upper-case letters, e.g. 005930."),
     OpenApiParameter(
         "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
         description="The same key from the same user within 24 h returns the first answer and places no second "
@@ -252,7 +256,9 @@ class UsernameRateThrottle(SimpleRateThrottle):
         username = data.get("username") if isinstance(data, dict) else None
         if not isinstance(username, str) or not username.strip():
             return None
-        return self.cache_format % {"scope": self.scope, "ident": username.strip().lower()[:150]}
+        # Hashed: any text may come in, and a cache key must stay short and plain.
+        ident = hashlib.sha256(username.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()
+        return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
 class AuthTokenApi(ObtainAuthToken):

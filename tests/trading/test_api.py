@@ -420,3 +420,39 @@ def test_a_failed_sync_now_is_502_and_recorded(api, account, memory_broker):
     assert response.status_code == 502
     assert response.json()["success"] is False
     assert SyncState.objects.get(account=account).consecutive_failures == 1
+
+
+# --- 503 -----------------------------------------------------------------------------------------
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_outage_is_503_json(user, account, memory_broker, monkeypatch, redis_client):
+    from django.db import connection
+
+    from tests.fixtures.trade import token_client
+
+    client = token_client(user)
+    connection.close()
+    monkeypatch.setitem(connection.settings_dict, "PORT", "1")  # nothing listens there
+
+    trade = post(client, BUY, {"qty": 1})
+    snapshot = client.get("/api/watchlist/")
+    token = APIClient().post("/api/auth/token/", {"username": "trader", "password": "trader-pass-123"}, format="json")
+
+    assert trade.status_code == 503
+    assert assert_trade_shape(trade)["success"] is False and "database" in trade.json()["message"]
+    for response in (snapshot, token):
+        assert response.status_code == 503 and response.json()["success"] is False
+    assert memory_broker.place_order_calls == []
+    connection.close()
+
+
+def test_a_busy_account_is_503_and_nothing_is_sent(api, account, memory_broker, settings, redis_client):
+    from watchlist.locks import sync_in_progress
+
+    with sync_in_progress(account.id) as acquired:  # a sync that outlasts the trade's patience
+        assert acquired
+        settings.WATCHLIST_LOCK_TIMEOUT = 1
+        response = post(api, BUY, {"qty": 1})
+    assert response.status_code == 503
+    assert assert_trade_shape(response)["success"] is False
+    assert memory_broker.place_order_calls == []
