@@ -7,9 +7,14 @@ Two locks per account, for two different jobs:
   leave in version order. Waiters block. It expires after `WATCHLIST_LOCK_TIMEOUT` so a crashed
   holder cannot block the account for good; a waiter waits a little longer than that, so it gets the
   lock of a crashed holder instead of failing.
-- `sync_in_progress` keeps a second sync of the account from starting while one runs (including its
-  slow broker read, which stays outside the write lock so trades are never blocked behind it). It
-  never waits: a sync that finds it taken has nothing to do, the dispatcher comes back.
+- the sync lock keeps a sync of the account from overlapping another sync (`sync_in_progress`, which
+  never waits) or a trade (`trade_in_flight`, which waits): a balance read that overlapped a trade
+  could see its fill before the trade's optimistic change exists and count it twice.
+
+A sync that finds the sync lock taken does not just give up: the reason it was asked for (a fill
+notice, a trade to reconcile) may postdate the holder's balance read. It leaves a "sync wanted" mark,
+and whoever releases the sync lock queues one more sync when it finds the mark. The mark is set
+before trying the lock and read after releasing it, so a request is never lost between the two.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 import redis
-from redis.lock import Lock
 from django.conf import settings
 from redis.exceptions import LockError
+from redis.lock import Lock
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +45,12 @@ def redis_client() -> redis.Redis:
     return _client(settings.REDIS_URL)
 
 
+def _key(account_id: int, purpose: str) -> str:
+    return f"watchlist:account:{account_id}:{purpose}"
+
+
 def _lock(account_id: int, purpose: str) -> Lock:
-    return redis_client().lock(f"watchlist:account:{account_id}:{purpose}", timeout=settings.WATCHLIST_LOCK_TIMEOUT)
+    return redis_client().lock(_key(account_id, purpose), timeout=settings.WATCHLIST_LOCK_TIMEOUT)
 
 
 def _release(lock: Lock, account_id: int, purpose: str) -> None:
@@ -66,27 +75,40 @@ def account_lock(account_id: int) -> Iterator[None]:
 
 @contextmanager
 def sync_in_progress(account_id: int) -> Iterator[bool]:
-    """Yields True when this caller may sync the account, False when another sync is running."""
+    """Yields True when this caller may sync the account, False when the sync lock is taken (then the
+    holder queues another sync when it is done)."""
+    wanted = _key(account_id, "sync-wanted")
+    redis_client().set(wanted, 1, ex=2 * settings.WATCHLIST_LOCK_TIMEOUT)
     lock = _lock(account_id, "sync")
     acquired = lock.acquire(blocking=False)
+    if acquired:
+        redis_client().delete(wanted)  # this sync reads the balance after every request so far
     try:
         yield acquired
     finally:
         if acquired:
-            _release(lock, account_id, "sync")
+            _release_sync_lock(lock, account_id)
 
 
 @contextmanager
 def trade_in_flight(account_id: int) -> Iterator[None]:
     """Held by a trade from before its order leaves until its optimistic change is committed.
 
-    It is the `sync_in_progress` lock, taken with waiting: a sync whose balance read overlapped a
-    trade could see the fill before the trade's optimistic change exists and then have that change
-    counted twice, so a sync finds the lock taken and skips, and a trade waits for a running sync."""
+    It is the sync lock, taken with waiting: a trade waits for a running sync, and a sync that comes
+    meanwhile is queued again once the trade is done."""
     lock = _lock(account_id, "sync")
     if not lock.acquire(blocking_timeout=settings.WATCHLIST_LOCK_TIMEOUT + 5):
         raise AccountLockTimeout(f"sync lock of account {account_id} not acquired for a trade")
     try:
         yield
     finally:
-        _release(lock, account_id, "sync")
+        _release_sync_lock(lock, account_id)
+
+
+def _release_sync_lock(lock: Lock, account_id: int) -> None:
+    _release(lock, account_id, "sync")
+    if redis_client().getdel(_key(account_id, "sync-wanted")):
+        from .tasks import request_sync  # imported late: the tasks import the services, which import this
+
+        logger.info("sync of account=%s was asked for while its sync lock was held: queued again", account_id)
+        request_sync(account_id)

@@ -1,12 +1,11 @@
 """The only writers of the watchlist: the sync with the account, optimistic trade events, sync state.
 
-Sync. The broker read runs under the account's "sync in progress" lock only, never under the write
-lock, so a trade is not blocked behind a slow broker. The write section (read the stored list, diff,
-write, broadcast) runs under `account_lock` in one durable transaction: items with bulk operations,
-version + 1 with an UPDATE, one WatchlistChange row. The broadcast is sent by `transaction.on_commit`
-while the lock is still held, so the messages of one account leave in version order. An unchanged
-account costs the same few queries whatever its size; a price-only move refreshes the stored values
-without a version and without a message.
+Sync. The broker read runs under the account's sync lock only (locks.py), never under the write
+lock. The write section (read the stored list, diff, write, broadcast) runs under `account_lock` in
+one durable transaction: items with bulk operations, version + 1 with an UPDATE, one WatchlistChange
+row. The broadcast is sent by `transaction.on_commit` while the lock is still held, so the messages
+of one account leave in version order. An unchanged account costs the same few queries whatever its
+size; a price-only move refreshes the stored values without a version and without a message.
 
 Optimistic trades and the stale balance. `handle_trade_event` applies an accepted order at once
 (pending) and records it as an open `PendingTrade` with the quantity the account should show once it
@@ -21,10 +20,10 @@ intents:
 - not shown after the grace period: the account wins (cause `sync`, the change's note says which
   orders were not confirmed).
 "Now" comes from an injectable clock, so tests move time instead of sleeping.
-One window stays open by nature: a sync that reads the balance after the broker filled an order but
-applies it before that order's trade event makes the event count twice (the stored base already held
-the fill). Nothing in the balance tells that apart from an order not filled yet, so the doubled item
-stays pending until the grace period ends and the account wins.
+The opposite race, a balance read that sees an order's fill before its trade event applied it (which
+would count the order twice), is kept out by the trade API: it holds the sync lock from before the
+order leaves until the event is committed (`locks.trade_in_flight`). Nothing in a balance could tell
+that case apart from an order not filled yet.
 
 Sync state. Every attempt of the periodic task and of a manual sync is recorded by
 `record_sync_outcome`: success -> next attempt after WATCHLIST_SYNC_INTERVAL; the n-th failure in a
@@ -180,7 +179,8 @@ class WatchlistService:
         watchlist = self._watchlist()
         with sync_in_progress(self.account.id) as acquired:
             if not acquired:
-                logger.info("sync skipped account=%s: another sync of it is running", self.account.id)
+                logger.info("sync skipped account=%s: a sync or trade of it is running and will queue "
+                            "another sync when done", self.account.id)
                 return SyncResult(WatchlistDiff(), watchlist.version, skipped=True)
             read_mark = self._newest_intent_id(watchlist)
             try:

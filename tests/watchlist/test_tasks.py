@@ -22,9 +22,11 @@ def test_the_dispatcher_task_syncs_a_due_account_on_a_real_worker(simulator, sim
     with GroupListener(sim_account.id) as listener:
         dispatch_due_syncs.delay()
         message = listener.wait_for("watchlist.changed")
+        status = listener.wait_for("sync.status")  # recorded after the change, never -> ok
     assert message["version"] == 1
     assert message["changes"] == {"added": ["005930"], "removed": [], "updated": []}
     assert items(sim_account) == {"005930": (7, False)}
+    assert status["sync"]["status"] == "ok"
     state = SyncState.objects.get(account=sim_account)
     assert state.status == "ok" and (state.next_attempt_at - state.last_attempt_at).total_seconds() == 30
 
