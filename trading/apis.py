@@ -158,7 +158,8 @@ def trade_schema(side: Side):
                                                      "Idempotency-Key is still in flight."),
             502: OpenApiResponse(output, description="The broker rejected the order (`broker_code`), could not be "
                                                      "reached, or timed out (order state unknown; a sync is queued)."),
-            503: OpenApiResponse(output, description="The database is unavailable."),
+            503: OpenApiResponse(output, description="The database is unavailable, or the account stayed busy with "
+                                                     "another trade or a sync; nothing was sent."),
         },
         tags=["trades"],
     )
@@ -185,7 +186,7 @@ ERROR_RESPONSES = {
     401: OpenApiResponse(ErrorSerializer, description="Not authenticated."),
     403: OpenApiResponse(ErrorSerializer, description="CSRF check failed or not allowed."),
     404: OpenApiResponse(ErrorSerializer, description="The account is not one of yours."),
-    503: OpenApiResponse(ErrorSerializer, description="The database is unavailable."),
+    503: OpenApiResponse(ErrorSerializer, description="The database is unavailable, or the account stayed busy."),
 }
 
 

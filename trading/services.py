@@ -47,7 +47,7 @@ MAX_ACCOUNT_ID = 2**63 - 1  # the primary key is a bigint: larger ids cannot exi
 
 # KIS answers a sell above the orderable quantity with one of these codes (they vary by
 # environment and version) and a message naming 주문가능수량.
-EXCEEDS_ORDERABLE_CODES = frozenset({"APBK0400", "APBK0401", "APBK0918", "40240000"})
+EXCEEDS_ORDERABLE_CODES = frozenset({"APBK0400", "APBK0401", "APBK0918"})
 
 
 class AccountNotFound(Exception):
@@ -252,9 +252,9 @@ def _trade(
 
     logger.info("order accepted %s order_no=%s", context, order.order_no)
     version = _apply_accepted_order(order, broker)
-    verb = "Bought" if side == "buy" else "Sold"
     kind = f"at {price:,} KRW" if price is not None else "at market"
-    return TradeResult(TradeOutcome.ACCEPTED, f"{verb} {qty:,} of {stock_code} {kind}: order {order.order_no} accepted.",
+    return TradeResult(TradeOutcome.ACCEPTED,
+                       f"The {side} order for {qty:,} of {stock_code} {kind} was accepted (order {order.order_no}).",
                        stock_code, qty, order_id=order.order_no, watchlist_version=version)
 
 
