@@ -456,3 +456,12 @@ def test_a_busy_account_is_503_and_nothing_is_sent(api, account, memory_broker, 
     assert response.status_code == 503
     assert assert_trade_shape(response)["success"] is False
     assert memory_broker.place_order_calls == []
+
+
+def test_djangos_own_error_pages_are_json_under_the_api_paths(rf):
+    from config.exceptions import page_not_found, server_error
+
+    for path in ("/api/watchlist/", "/execute-buy/005930"):
+        for response, status in ((server_error(rf.post(path)), 500), (page_not_found(rf.get(path), None), 404)):
+            assert response.status_code == status and json.loads(response.content)["success"] is False
+    assert server_error(rf.get("/")).headers["Content-Type"].startswith("text/html")
