@@ -124,6 +124,11 @@ CACHES = {
 # redis-py 8 defaults to a 5 s socket timeout and a 100-connection async pool: the first kills
 # idle consumers' BZPOPMIN reads, the second fails handshakes in a reconnect storm. Both are set
 # on purpose here (tests: an idle socket still receives after 30 s; 300 sockets connect at once).
+# No socket timeout at all (None), rather than a longer one: with any timeout redis-py sends each
+# command through asyncio.wait_for, which on Python 3.11 swallows a cancellation landing as the send
+# completes, so a socket closed at that moment leaves its consumer's receive loop running forever
+# (measured: 8 of 200 quick disconnects; test: sockets closed right after connecting end cleanly).
+# The layer's blocking reads return every 5 s anyway; keepalive notices a dead Redis.
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -131,15 +136,19 @@ CHANNEL_LAYERS = {
             "hosts": [
                 {
                     "address": REDIS_URL,
-                    "socket_timeout": 60,
+                    "socket_timeout": None,
                     "socket_connect_timeout": 5,
+                    "socket_keepalive": True,
                     "max_connections": int(os.environ.get("CHANNEL_LAYER_MAX_CONNECTIONS", "2000")),
                 }
             ],
             "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "lw-asgi"),
-            # A slow socket's buffer holds this many messages before group sends to it are
-            # dropped; the client detects the version gap and resyncs.
-            "capacity": 200,
+            # Capacity counts a whole Daphne process's unread group messages in Redis (one entry per
+            # group message, however many of its sockets are in the group) and each socket's buffer in
+            # memory: 1000 absorbs a burst of price ticks across the process's accounts. Beyond it, and
+            # after `expiry` (longer than the client's 20 s ping + 10 s pong deadline, after which it
+            # reconnects anyway), messages are dropped: the client sees the version gap and resyncs.
+            "capacity": 1000,
             "expiry": 30,
             "group_expiry": 86400,
         },

@@ -8,6 +8,7 @@ urlpatterns = [
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("trading.urls")),
+    path("", include("watchlist.urls")),
 ]
 
 handler404 = "config.exceptions.page_not_found"

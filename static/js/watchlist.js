@@ -1,0 +1,496 @@
+/*
+ * Live Watchlist: the page's WebSocket client (plain JavaScript, no build step).
+ *
+ * The top half is DOM-free and also loads in Node for `node --test` (static/js/tests/): message
+ * types, version tracking, backoff, applying a change to the ordered list of codes, formatting, and
+ * the connection (socket, heartbeat, reconnect) with its WebSocket and timers passed in.
+ * The bottom half binds it to the page rendered by templates/watchlist/page.html.
+ *
+ * Protocol: ../../../shared/docs/contract.md, "WebSocket". Rows arrive as server-rendered HTML
+ * (`rows_html`, from templates/watchlist/_row.html), so formatting lives in one place; the
+ * formatters here only serve cells patched by price updates and must match
+ * watchlist/templatetags/watchlist_format.py (static/js/tests/format_cases.json checks both).
+ */
+"use strict";
+
+const WS_MESSAGE_TYPES = Object.freeze({
+  WATCHLIST_SNAPSHOT: "watchlist_snapshot",
+  WATCHLIST_CHANGED: "watchlist_changed",
+  SYNC_STATUS: "sync_status",
+  PRICE_UPDATE: "price_update",
+  PONG: "pong",
+  ERROR: "error",
+});
+
+const CLOSE_UNAUTHENTICATED = 4401;
+const CLOSE_FORBIDDEN = 4403;
+
+// --- listeners: every message from the server goes through notifyListeners ---------------------
+
+const listeners = new Map();
+
+function addListener(type, listener) {
+  if (!listeners.has(type)) listeners.set(type, new Set());
+  listeners.get(type).add(listener);
+  return () => listeners.get(type).delete(listener);
+}
+
+function notifyListeners(type, data) {
+  for (const listener of listeners.get(type) || []) {
+    try {
+      listener(data);
+    } catch (error) {
+      console.error(`watchlist: listener for ${type} failed`, error);
+    }
+  }
+}
+
+// --- versions, changes, backoff ------------------------------------------------------------------
+
+/** What to do with a message of version `incoming` when the client holds `current`. */
+function classifyVersion(current, incoming) {
+  if (current === null || current === undefined) return "gap";
+  if (incoming <= current) return "stale";
+  return incoming === current + 1 ? "apply" : "gap";
+}
+
+/** Index at which `code` keeps `codes` (ascending) sorted. */
+function insertionIndex(codes, code) {
+  const index = codes.findIndex((existing) => existing > code);
+  return index === -1 ? codes.length : index;
+}
+
+/**
+ * Apply a change's added/removed/updated codes to the ordered list of codes on screen.
+ * Returns the new list and the row operations that get there: remove, insert (before the code
+ * named, or at the end when null) and replace. An updated code that is missing is inserted, an
+ * added one that is present is replaced: the result is right whatever the screen held.
+ */
+function planChanges(codes, changes) {
+  const next = codes.filter((code) => !changes.removed.includes(code));
+  const ops = codes.filter((code) => changes.removed.includes(code)).map((code) => ({ op: "remove", code }));
+  for (const code of [...changes.added, ...changes.updated]) {
+    if (next.includes(code)) {
+      ops.push({ op: "replace", code });
+    } else {
+      const index = insertionIndex(next, code);
+      ops.push({ op: "insert", code, before: next[index] ?? null });
+      next.splice(index, 0, code);
+    }
+  }
+  return { codes: next, ops };
+}
+
+function sameCodes(a, b) {
+  return a.length === b.length && a.every((code, i) => code === b[i]);
+}
+
+/** Reconnect delay: exponential from baseMs, capped, with "equal jitter" (between half and all of it). */
+function backoffDelay(attempt, random = Math.random, { baseMs = 1000, capMs = 30000 } = {}) {
+  const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30));
+  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+// --- formatting (mirrors watchlist/templatetags/watchlist_format.py) -----------------------------
+
+function formatGrouped(value) {
+  const number = Number(value);
+  const sign = number < 0 ? "-" : "";
+  let text = Number.isInteger(number) ? String(Math.abs(number)) : Math.abs(number).toFixed(2).replace(/\.?0+$/, "");
+  const [whole, fraction] = text.split(".");
+  text = whole.replace(/\B(?=(\d{3})+(?!\d))/g, ",") + (fraction ? `.${fraction}` : "");
+  return sign + text;
+}
+
+function formatKrw(value) {
+  return `${formatGrouped(value)}원`;
+}
+
+function formatSignedKrw(value) {
+  return value > 0 ? `+${formatKrw(value)}` : formatKrw(value);
+}
+
+function formatSignedRate(value) {
+  if (!value) return "0.00%";
+  return `${value > 0 ? "+" : ""}${Number(value).toFixed(2)}%`;
+}
+
+/** Korean market colours: a rise is red, a fall is blue. */
+function direction(value) {
+  if (value > 0) return "rise";
+  return value < 0 ? "fall" : "flat";
+}
+
+/** The change line under a price: "▲600 (+0.84%)". */
+function formatChange(change, changeRate) {
+  const arrow = change > 0 ? "▲" : change < 0 ? "▼" : "";
+  return `${arrow}${formatGrouped(Math.abs(change))} (${formatSignedRate(changeRate)})`;
+}
+
+const KST_CLOCK = new Intl.DateTimeFormat("en-GB", {
+  timeZone: "Asia/Seoul", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+});
+
+/** HH:MM:SS in Korean market time. */
+function clockKst(unixSeconds) {
+  if (!unixSeconds) return "";
+  const parts = Object.fromEntries(KST_CLOCK.formatToParts(new Date(unixSeconds * 1000)).map((p) => [p.type, p.value]));
+  return `${parts.hour}:${parts.minute}:${parts.second}`;
+}
+
+function agoKo(unixSeconds, nowSeconds) {
+  const elapsed = Math.max(0, Math.floor(nowSeconds - unixSeconds));
+  if (elapsed < 5) return "방금";
+  if (elapsed < 60) return `${elapsed}초 전`;
+  if (elapsed < 3600) return `${Math.floor(elapsed / 60)}분 전`;
+  if (elapsed < 86400) return `${Math.floor(elapsed / 3600)}시간 전`;
+  return `${Math.floor(elapsed / 86400)}일 전`;
+}
+
+/** The sync line, as the contract's sync object says (never / ok / failing). */
+function syncStatusText(sync, nowSeconds) {
+  if (sync.status === "never") return "보유 종목을 아직 확인하지 못했습니다 (첫 동기화 대기 중)";
+  if (sync.status === "failing") {
+    const failures = sync.consecutive_failures;
+    if (!sync.last_success_at) return `계좌에 연결할 수 없습니다 (${failures}회 실패) — 보유 종목을 아직 확인하지 못했습니다`;
+    return `계좌에 연결할 수 없습니다 (${failures}회 실패) — ${clockKst(sync.last_success_at)} 기준 목록입니다`;
+  }
+  return `마지막 동기화 ${agoKo(sync.last_success_at, nowSeconds)}`;
+}
+
+/** What to say instead of an empty table: never "no holdings" before the account was read once. */
+function listStateText(itemCount, sync) {
+  if (itemCount > 0) return "";
+  return sync.last_success_at ? "보유 종목이 없습니다" : "보유 종목을 아직 확인하지 못했습니다";
+}
+
+/** Evaluation and P&L of a position at `price` (what a price update changes in a row). */
+function valuation(price, quantity, avgPrice) {
+  const cost = avgPrice * quantity;
+  const evalAmount = price * quantity;
+  const pnl = Math.round(evalAmount - cost);
+  return { eval_amount: evalAmount, pnl, pnl_rate: cost ? Math.round((pnl / cost) * 10000) / 100 : 0 };
+}
+
+// --- connection: socket, heartbeat, reconnect -------------------------------------------------------
+
+/**
+ * Keeps one WebSocket open forever: reconnects with capped exponential backoff and jitter, pings
+ * every `pingIntervalMs` and treats a socket that does not answer within `pongDeadlineMs` as dead
+ * (a silent socket must not pass for a live one). Every message goes to `onMessage(type, data)`;
+ * `onState` hears "connecting", "open", "waiting" (with delayMs and attempt) and "refused" (code).
+ */
+function createConnection({
+  url,
+  WebSocketImpl,
+  onMessage = notifyListeners,
+  onState = () => {},
+  timers = { setTimeout, clearTimeout },
+  random = Math.random,
+  pingIntervalMs = 20000,
+  pongDeadlineMs = 10000,
+  backoff = {},
+}) {
+  let socket = null;
+  let attempt = 0;
+  let reconnectTimer = null;
+  let pingTimer = null;
+  let deadlineTimer = null;
+
+  function clearTimers() {
+    for (const timer of [reconnectTimer, pingTimer, deadlineTimer]) if (timer !== null) timers.clearTimeout(timer);
+    reconnectTimer = pingTimer = deadlineTimer = null;
+  }
+
+  function open() {
+    clearTimers();
+    onState({ state: "connecting", attempt });
+    const current = new WebSocketImpl(url);
+    socket = current;
+    current.onopen = () => {
+      onState({ state: "open" });
+      schedulePing();
+    };
+    current.onmessage = (event) => {
+      let data;
+      try {
+        data = JSON.parse(event.data);
+      } catch (error) {
+        console.warn("watchlist: a message that is not JSON", error);
+        return;
+      }
+      // Only a socket that delivers counts as connected: one that accepts and drops at once must
+      // keep backing off.
+      attempt = 0;
+      if (data.type === WS_MESSAGE_TYPES.PONG && deadlineTimer !== null) {
+        timers.clearTimeout(deadlineTimer);
+        deadlineTimer = null;
+        schedulePing();
+      }
+      onMessage(data.type, data);
+    };
+    current.onclose = (event) => dropped(current, event.code);
+  }
+
+  function dropped(which, code) {
+    if (which !== socket) return; // a socket already abandoned
+    which.onopen = which.onmessage = which.onclose = null;
+    socket = null;
+    clearTimers();
+    if (code === CLOSE_UNAUTHENTICATED || code === CLOSE_FORBIDDEN) {
+      onState({ state: "refused", code });
+      return;
+    }
+    const delayMs = backoffDelay(attempt, random, backoff);
+    attempt += 1;
+    onState({ state: "waiting", delayMs, attempt });
+    reconnectTimer = timers.setTimeout(open, delayMs);
+  }
+
+  function schedulePing() {
+    if (pingTimer !== null) timers.clearTimeout(pingTimer);
+    pingTimer = timers.setTimeout(ping, pingIntervalMs);
+  }
+
+  function ping() {
+    pingTimer = null;
+    if (!send({ type: "ping" })) return;
+    if (deadlineTimer !== null) return; // still waiting for the previous answer
+    deadlineTimer = timers.setTimeout(() => {
+      deadlineTimer = null;
+      const silent = socket;
+      dropped(silent, "heartbeat");
+      silent.close();
+    }, pongDeadlineMs);
+  }
+
+  function send(message) {
+    if (!socket || socket.readyState !== 1) return false;
+    socket.send(JSON.stringify(message));
+    return true;
+  }
+
+  return {
+    start: open,
+    send,
+    isOpen: () => Boolean(socket) && socket.readyState === 1,
+    /** Check the socket now (pages coming back from the background): ping it, or connect at once. */
+    wake() {
+      if (socket) {
+        ping();
+      } else {
+        attempt = 0;
+        open();
+      }
+    },
+    close() {
+      const current = socket;
+      socket = null;
+      clearTimers();
+      if (current) current.close();
+    },
+  };
+}
+
+if (typeof module !== "undefined" && module.exports) {
+  module.exports = {
+    WS_MESSAGE_TYPES, CLOSE_UNAUTHENTICATED, CLOSE_FORBIDDEN,
+    addListener, notifyListeners, classifyVersion, insertionIndex, planChanges, sameCodes, backoffDelay,
+    formatGrouped, formatKrw, formatSignedKrw, formatSignedRate, direction, formatChange, clockKst, agoKo,
+    syncStatusText, listStateText, valuation, createConnection,
+  };
+}
+
+// --- the page ------------------------------------------------------------------------------------
+
+function startWatchlistPage(doc, win) {
+  const app = doc.getElementById("watchlist-app");
+  const snapshotScript = doc.getElementById("watchlist-snapshot");
+  bindAccountPicker(doc);
+  if (!app || !snapshotScript) return;
+  bindOrderForms(doc, app);
+
+  const initial = JSON.parse(snapshotScript.textContent);
+  const tbody = doc.getElementById("watchlist-rows");
+  const listState = doc.getElementById("list-state");
+  const syncLine = doc.getElementById("sync-status");
+  const indicator = doc.getElementById("connection");
+  const ticks = new Map(); // stock code -> last price_update, re-applied to re-rendered rows
+  const state = { version: initial.version, sync: initial.sync, awaitingSnapshot: false };
+
+  const rowOf = (code) => tbody.querySelector(`tr[data-code="${code}"]`);
+  const codesOnScreen = () => Array.from(tbody.querySelectorAll("tr[data-code]"), (row) => row.dataset.code);
+
+  function rowFromHtml(html) {
+    const template = doc.createElement("template");
+    template.innerHTML = html.trim();
+    const row = template.content.firstElementChild;
+    const tick = ticks.get(row.dataset.code);
+    if (tick && tick.timestamp >= Number(row.dataset.updatedAt)) patchPrice(row, tick);
+    return row;
+  }
+
+  function flash(row) {
+    row.classList.add("flash");
+    win.setTimeout(() => row.classList.remove("flash"), 1600);
+  }
+
+  function renderSync() {
+    syncLine.textContent = syncStatusText(state.sync, Date.now() / 1000);
+    syncLine.className = `sync sync--${state.sync.status}`;
+    const text = listStateText(tbody.rows.length, state.sync);
+    listState.textContent = text;
+    listState.hidden = !text;
+  }
+
+  function resync() {
+    if (state.awaitingSnapshot) return;
+    state.awaitingSnapshot = connection.send({ type: "resync" });
+  }
+
+  addListener(WS_MESSAGE_TYPES.WATCHLIST_SNAPSHOT, (message) => {
+    state.awaitingSnapshot = false;
+    state.version = message.version;
+    if (message.sync) state.sync = message.sync;
+    tbody.replaceChildren(...message.full_list.map((item) => rowFromHtml(message.rows_html[item.stock_code])));
+    app.dataset.version = String(message.version);
+    renderSync();
+  });
+
+  addListener(WS_MESSAGE_TYPES.WATCHLIST_CHANGED, (message) => {
+    if (state.awaitingSnapshot) return; // the snapshot on its way covers this change
+    const verdict = classifyVersion(state.version, message.version);
+    if (verdict === "stale") return;
+    if (verdict === "gap") return resync();
+    const { codes, ops } = planChanges(codesOnScreen(), message.changes);
+    if (!sameCodes(codes, message.full_list.map((item) => item.stock_code))) return resync();
+    for (const { op, code, before } of ops) {
+      if (op === "remove") {
+        rowOf(code).remove();
+        ticks.delete(code);
+        continue;
+      }
+      const row = rowFromHtml(message.rows_html[code]);
+      if (op === "replace") rowOf(code).replaceWith(row);
+      else tbody.insertBefore(row, before === null ? null : rowOf(before));
+      flash(row);
+    }
+    state.version = message.version;
+    app.dataset.version = String(message.version);
+    renderSync();
+  });
+
+  addListener(WS_MESSAGE_TYPES.SYNC_STATUS, (message) => {
+    state.sync = message.sync;
+    renderSync();
+  });
+
+  addListener(WS_MESSAGE_TYPES.PRICE_UPDATE, (message) => {
+    ticks.set(message.stock_code, message);
+    const row = rowOf(message.stock_code);
+    if (row) patchPrice(row, message);
+  });
+
+  addListener(WS_MESSAGE_TYPES.ERROR, (message) => console.warn("watchlist: server says", message.message));
+
+  const connectionText = {
+    connecting: () => "연결 중…",
+    open: () => "실시간 연결됨",
+    waiting: ({ delayMs, attempt }) => `연결 끊김 · ${Math.ceil(delayMs / 1000)}초 후 다시 연결 (${attempt}회째)`,
+    refused: ({ code }) => (code === CLOSE_UNAUTHENTICATED ? "로그인이 필요합니다 — 새로고침하세요" : "이 계좌를 볼 수 없습니다"),
+  };
+
+  const scheme = win.location.protocol === "https:" ? "wss" : "ws";
+  const connection = createConnection({
+    url: `${scheme}://${win.location.host}/ws/watchlist/?account=${initial.account.id}&render=html`,
+    WebSocketImpl: win.WebSocket,
+    onState(change) {
+      indicator.dataset.state = change.state;
+      indicator.textContent = connectionText[change.state](change);
+      // The server sends a snapshot on every accepted connection: a reconnect redraws from it.
+      if (change.state === "connecting") state.awaitingSnapshot = true;
+    },
+  });
+
+  // A page back from the background may have slept through messages or a dead socket.
+  doc.addEventListener("visibilitychange", () => {
+    if (doc.visibilityState !== "visible") return;
+    connection.wake();
+    resync();
+  });
+  win.addEventListener("online", () => connection.wake());
+  win.setInterval(renderSync, 5000);
+  connection.start();
+}
+
+function patchPrice(row, tick) {
+  const cell = (field) => row.querySelector(`[data-field="${field}"]`);
+  const value = valuation(tick.price, Number(row.dataset.quantity), Number(row.dataset.avgPrice));
+  cell("current_price").textContent = formatKrw(tick.price);
+  const change = cell("change");
+  change.textContent = formatChange(tick.change, tick.change_rate);
+  change.className = `change ${direction(tick.change)}`;
+  cell("eval_amount").textContent = formatKrw(value.eval_amount);
+  for (const [field, text] of [["pnl", formatSignedKrw(value.pnl)], ["pnl_rate", formatSignedRate(value.pnl_rate)]]) {
+    cell(field).textContent = text;
+    cell(field).className = `num ${direction(value[field])}`;
+  }
+}
+
+function bindAccountPicker(doc) {
+  const picker = doc.getElementById("account-picker");
+  if (picker) picker.addEventListener("change", () => picker.form.submit());
+}
+
+function csrfToken(doc) {
+  const match = doc.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+  return match ? decodeURIComponent(match[1]) : doc.querySelector("[name=csrfmiddlewaretoken]")?.value ?? "";
+}
+
+function newIdempotencyKey() {
+  return globalThis.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+}
+
+/** Buy and sell forms: POST to the trade API (JSON, CSRF token) and show its message. */
+function bindOrderForms(doc, app) {
+  const output = doc.getElementById("order-message");
+  for (const form of doc.querySelectorAll("form.order-form")) {
+    const codeInput = form.elements.stock_code;
+    codeInput.addEventListener("input", () => { codeInput.value = codeInput.value.toUpperCase(); });
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const button = form.querySelector("button[type=submit]");
+      const body = { qty: Number(form.elements.qty.value), account: Number(app.dataset.account) };
+      if (form.elements.price.value) body.price = Number(form.elements.price.value);
+      const code = encodeURIComponent(codeInput.value.trim());
+      button.disabled = true;
+      output.className = "order-message";
+      output.textContent = "주문 전송 중…";
+      try {
+        const response = await fetch(`/execute-${form.dataset.side}/${code}`, {
+          method: "POST",
+          credentials: "same-origin",
+          headers: {
+            "Content-Type": "application/json",
+            "X-CSRFToken": csrfToken(doc),
+            "Idempotency-Key": newIdempotencyKey(),
+          },
+          body: JSON.stringify(body),
+        });
+        const result = await response.json().catch(() => ({ success: false, message: `HTTP ${response.status}` }));
+        output.textContent = result.message || (result.success ? "주문이 접수되었습니다" : `HTTP ${response.status}`);
+        output.className = `order-message ${result.success ? "is-success" : "is-error"}`;
+        if (result.success) form.reset();
+      } catch (error) {
+        output.textContent = "서버에 연결할 수 없습니다. 잠시 후 다시 시도하세요.";
+        output.className = "order-message is-error";
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+}
+
+if (typeof document !== "undefined" && typeof window !== "undefined") {
+  startWatchlistPage(document, window);
+}

@@ -1,0 +1,152 @@
+"""`/ws/watchlist/`: one socket follows one account's watchlist (contract.md, "WebSocket").
+
+The consumer is thin: it authorises the socket, joins the account's group (watchlist/events.py
+sends to it), sends a snapshot, and forwards each group event from its own handler. It never
+reorders: the service broadcasts one account's changes in version order, and a client that sees a
+gap asks for a resync.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import lru_cache
+from urllib.parse import parse_qs, urlparse
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.http.request import validate_host
+from django.template.loader import render_to_string
+
+from .events import watchlist_group
+from .selectors import watchlist_snapshot
+from .views import requested_account
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+
+
+def origin_allowed(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the handshake's Origin names an allowed host (any port), as a same-site page would."""
+    origin = dict(headers).get(b"origin", b"").decode("latin-1")
+    host = urlparse(origin).hostname
+    return bool(host) and validate_host(host, settings.ALLOWED_HOSTS)
+
+
+@lru_cache(maxsize=4096)
+def _render_row(item_fields: tuple) -> str:
+    return render_to_string("watchlist/_row.html", {"item": dict(item_fields)})
+
+
+def render_row(item: dict) -> str:
+    """The page's row template for one item. Cached by content: every socket of a process that
+    forwards the same message (or snapshot) reuses one rendering."""
+    return _render_row(tuple(item.items()))
+
+
+def rows_html(full_list: list[dict], codes: list[str] | None = None) -> dict[str, str]:
+    """stock code -> row HTML, for `codes` (every item when None)."""
+    wanted = None if codes is None else set(codes)
+    return {
+        item["stock_code"]: render_row(item)
+        for item in full_list
+        if wanted is None or item["stock_code"] in wanted
+    }
+
+
+class WatchlistConsumer(AsyncWebsocketConsumer):
+    account = None
+    group: str | None = None
+
+    async def connect(self) -> None:
+        user = self.scope["user"]
+        if not user.is_authenticated:
+            return await self.refuse(CLOSE_UNAUTHENTICATED, "not authenticated")
+        if self.scope.get("auth_method") != "token" and not origin_allowed(self.scope["headers"]):
+            return await self.refuse(CLOSE_FORBIDDEN, f"session socket of user={user.pk} from a foreign Origin")
+
+        params = parse_qs(self.scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        self.render_html = params.get("render") == ["html"]
+        requested = params.get("account", [None])[0]
+        self.account = await database_sync_to_async(requested_account)(user, requested)
+        if self.account is None:
+            return await self.refuse(CLOSE_FORBIDDEN, f"user={user.pk} asked for account={requested!r}")
+
+        # Join before reading the snapshot, so no change committed after the read is missed
+        # (one committed before it arrives with a version the client already has, and is ignored).
+        self.group = watchlist_group(self.account.id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.joined_at = time.monotonic()
+        await self.accept()
+        await self.send_snapshot()
+        logger.debug("socket open user=%s account=%s", user.pk, self.account.id)
+
+    async def refuse(self, code: int, why: str) -> None:
+        # Accept first, so that the client sees the close code (a refused handshake shows none).
+        logger.info("socket refused (%s): %s", code, why)
+        await self.accept()
+        await self.close(code=code)
+
+    async def disconnect(self, code: int) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    # --- client -> server
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.group is None:  # a refused socket, between its close frame and the disconnect
+            return
+        try:
+            request = json.loads(text_data) if text_data is not None else None
+        except ValueError:
+            return await self.send_error("Invalid JSON.")
+        kind = request.get("type") if isinstance(request, dict) else None
+        if kind == "ping":
+            await self.refresh_group_membership()
+            await self.send_json({"type": "pong", "timestamp": int(time.time())})
+        elif kind == "resync":
+            await self.send_snapshot()
+        elif kind is None:
+            await self.send_error('Expected a JSON object with a "type".')
+        else:
+            await self.send_error(f"Unknown message type: {str(kind)[:40]!r}.")
+
+    async def refresh_group_membership(self) -> None:
+        """The layer forgets a group member after `group_expiry`: a socket open that long re-joins."""
+        if time.monotonic() - self.joined_at > self.channel_layer.group_expiry / 2:
+            await self.channel_layer.group_add(self.group, self.channel_name)
+            self.joined_at = time.monotonic()
+
+    # --- group events (watchlist/events.py) -> client, one handler per type
+
+    async def watchlist_changed(self, event: dict) -> None:
+        message = event["message"]
+        if self.render_html:
+            changes = message["changes"]
+            message = {**message, "rows_html": rows_html(message["full_list"], changes["added"] + changes["updated"])}
+        await self.send_json(message)
+
+    async def sync_status(self, event: dict) -> None:
+        await self.send_json(event["message"])
+
+    async def price_update(self, event: dict) -> None:
+        await self.send_json(event["message"])
+
+    # --- helpers
+
+    async def send_snapshot(self) -> None:
+        snapshot = await database_sync_to_async(watchlist_snapshot)(self.account)
+        message = {"type": "watchlist_snapshot", **snapshot}
+        if self.render_html:
+            message["rows_html"] = rows_html(snapshot["full_list"])
+        await self.send_json(message)
+
+    async def send_error(self, text: str) -> None:
+        await self.send_json({"type": "error", "message": text})
+
+    async def send_json(self, message: dict) -> None:
+        await self.send(text_data=json.dumps(message, ensure_ascii=False))
