@@ -38,7 +38,9 @@ def cases(stored: dict[str, ItemState]) -> dict[str, dict[str, ItemState]]:
         mixed[f"Z{n:05d}"] = replace(stored[codes[0]], stock_code=f"Z{n:05d}")
     return {
         "unchanged": dict(stored),
-        "every price moved": {code: s.revalued(current_price=s.current_price + 100) for code, s in stored.items()},
+        "every price moved": {
+            code: s.revalued(current_price=s.current_price + 100) for code, s in stored.items()
+        },
         "10% added/removed/updated": mixed,
     }
 
@@ -53,14 +55,30 @@ def main(sizes: list[int]) -> None:
     for size in sizes:
         stored = watchlist(size)
         for name, target in cases(stored).items():
-            median, best = millis(lambda: diff_items(stored, target))
+            median, best = millis(lambda stored=stored, target=target: diff_items(stored, target))
             print(f"{size:>6}  {'diff: ' + name:<32} {median:>10.3f} {best:>9.3f}")
-        frame = balance_frame([
-            {**{k: getattr(s, k) for k in ("stock_code", "name", "quantity", "avg_price", "current_price",
-                                           "eval_amount", "pnl", "pnl_rate")}, "orderable_quantity": s.quantity}
-            for s in stored.values()
-        ])
-        median, best = millis(lambda: holdings_from_balance(frame))
+        frame = balance_frame(
+            [
+                {
+                    **{
+                        k: getattr(s, k)
+                        for k in (
+                            "stock_code",
+                            "name",
+                            "quantity",
+                            "avg_price",
+                            "current_price",
+                            "eval_amount",
+                            "pnl",
+                            "pnl_rate",
+                        )
+                    },
+                    "orderable_quantity": s.quantity,
+                }
+                for s in stored.values()
+            ]
+        )
+        median, best = millis(lambda frame=frame: holdings_from_balance(frame))
         print(f"{size:>6}  {'balance frame -> holdings':<32} {median:>10.3f} {best:>9.3f}")
 
 

@@ -1,6 +1,7 @@
 """Times the periodic-sync machinery without a broker in the way (the in-memory one stands in):
 
-    DATABASE_URL=postgres://... REDIS_URL=redis://127.0.0.1:6379/<scratch db> .venv/bin/python bench/sync_bench.py [accounts]
+    DATABASE_URL=postgres://... REDIS_URL=redis://127.0.0.1:6379/<scratch db> \
+        .venv/bin/python bench/sync_bench.py [accounts]
 
 It creates a throw-away test database (Django's test database of DATABASE_URL) and uses REDIS_URL
 for the locks and the channel layer: point it at a Redis db nothing else uses. Prints the time to
@@ -36,15 +37,22 @@ def main(count: int) -> None:
     try:
         owner = get_user_model().objects.create_user("bench")
         accounts = [
-            BrokerAccount(owner=owner, display_name=f"bench {n}", account_number=f"{60_000_000 + n}",
-                          base_url="http://127.0.0.1:9", app_key="k", app_secret="s")
+            BrokerAccount(
+                owner=owner,
+                display_name=f"bench {n}",
+                account_number=f"{60_000_000 + n}",
+                base_url="http://127.0.0.1:9",
+                app_key="k",
+                app_secret="s",
+            )
             for n in range(count)
         ]
         BrokerAccount.objects.bulk_create(accounts)
 
         started = time.perf_counter()
         claimed = claim_due_syncs()
-        print(f"claim_due_syncs: {len(claimed)} due accounts claimed in {(time.perf_counter() - started) * 1000:.1f} ms")
+        elapsed = (time.perf_counter() - started) * 1000
+        print(f"claim_due_syncs: {len(claimed)} due accounts claimed in {elapsed:.1f} ms")
 
         broker = MemoryBroker()
         broker.set_holdings({f"{n:06d}": 10 for n in range(20)})
@@ -56,8 +64,10 @@ def main(count: int) -> None:
             started = time.perf_counter()
             sync_and_record(account, broker)
             timings.append((time.perf_counter() - started) * 1000)
-        print(f"sync_and_record, unchanged 20-item account: median {statistics.median(timings):.2f} ms, "
-              f"p95 {sorted(timings)[int(len(timings) * 0.95)]:.2f} ms over {len(timings)} accounts")
+        print(
+            f"sync_and_record, unchanged 20-item account: median {statistics.median(timings):.2f} ms, "
+            f"p95 {sorted(timings)[int(len(timings) * 0.95)]:.2f} ms over {len(timings)} accounts"
+        )
     finally:
         teardown_databases(databases, verbosity=0)
 

@@ -14,7 +14,8 @@ SECRET_FIELDS = ("app_key", "app_secret")
 
 
 class BrokerAccountForm(forms.ModelForm):
-    base_url = forms.URLField(assume_scheme="https", help_text=BrokerAccount._meta.get_field("base_url").help_text)
+    base_url = forms.URLField(assume_scheme="https",
+                              help_text=BrokerAccount._meta.get_field("base_url").help_text)
     app_key = forms.CharField(widget=forms.PasswordInput(render_value=False), required=False)
     app_secret = forms.CharField(widget=forms.PasswordInput(render_value=False), required=False)
 
@@ -32,7 +33,8 @@ class BrokerAccountForm(forms.ModelForm):
             field.help_text = (
                 "Stored encrypted and never shown again."
                 if creating
-                else "Stored encrypted and never shown. Leave empty to keep the current one; type a new one to replace it."
+                else "Stored encrypted and never shown. Leave empty to keep the current one; "
+                "type a new one to replace it."
             )
 
     def _new_or_current(self, name: str) -> str:

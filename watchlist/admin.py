@@ -45,14 +45,15 @@ def sync_now(modeladmin: admin.ModelAdmin, request, queryset: QuerySet) -> None:
 
 class WatchlistItemInline(ReadOnlyInline):
     model = WatchlistItem
-    fields = ["stock_code", "name", "quantity", "avg_price", "current_price", "eval_amount", "pnl", "pnl_rate",
-              "pending", "updated_at"]
+    fields = ["stock_code", "name", "quantity", "avg_price", "current_price", "eval_amount", "pnl",
+              "pnl_rate", "pending", "updated_at"]
     readonly_fields = fields
 
 
 class PendingTradeInline(ReadOnlyInline):
     model = PendingTrade
-    fields = ["side", "stock_code", "qty", "expected_quantity", "order_id", "created_at", "resolved_at", "resolution"]
+    fields = ["side", "stock_code", "qty", "expected_quantity", "order_id", "created_at", "resolved_at",
+              "resolution"]
     readonly_fields = fields
     verbose_name_plural = "pending trades (optimistic changes)"
 
@@ -81,8 +82,8 @@ class WatchlistAdmin(ReadOnlyAdmin):
 
 @admin.register(WatchlistItem)
 class WatchlistItemAdmin(ReadOnlyAdmin):
-    list_display = ["stock_code", "name", "account", "quantity", "avg_price", "current_price", "pnl_rate", "pending",
-                    "updated_at"]
+    list_display = ["stock_code", "name", "account", "quantity", "avg_price", "current_price", "pnl_rate",
+                    "pending", "updated_at"]
     list_select_related = ["watchlist__account"]
     list_filter = ["pending", "watchlist__account"]
     search_fields = ["stock_code", "name"]

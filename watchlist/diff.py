@@ -91,7 +91,8 @@ def diff_items(stored: Mapping[str, ItemState], target: Mapping[str, ItemState])
     )
 
 
-HOLDING_FIELDS = ("stock_code", "name", "quantity", "avg_price", "current_price", "eval_amount", "pnl", "pnl_rate")
+HOLDING_FIELDS = ("stock_code", "name", "quantity", "avg_price", "current_price", "eval_amount", "pnl",
+                  "pnl_rate")
 
 
 def holdings_from_balance(account_df: pd.DataFrame) -> dict[str, ItemState]:
@@ -101,4 +102,4 @@ def holdings_from_balance(account_df: pd.DataFrame) -> dict[str, ItemState]:
     Columns are converted whole (`tolist` gives Python ints, floats and strs), never row by row."""
     held = account_df[account_df["quantity"] > 0]
     columns = [held[name].tolist() for name in HOLDING_FIELDS]
-    return {values[0]: ItemState(*values) for values in zip(*columns)}
+    return {values[0]: ItemState(*values) for values in zip(*columns, strict=True)}

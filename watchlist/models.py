@@ -25,7 +25,9 @@ class WatchlistItem(models.Model):
     eval_amount = models.BigIntegerField()
     pnl = models.BigIntegerField()
     pnl_rate = models.FloatField()
-    pending = models.BooleanField(default=False, help_text="An optimistic change not yet confirmed by the account.")
+    pending = models.BooleanField(
+        default=False, help_text="An optimistic change not yet confirmed by the account."
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -52,7 +54,9 @@ class WatchlistChange(models.Model):
     removed = models.JSONField(default=list)
     updated = models.JSONField(default=list)
     cause = models.CharField(max_length=8, choices=Cause.choices)
-    note = models.TextField(blank=True, help_text="Why, when the codes alone do not say (e.g. an unfilled order reverted).")
+    note = models.TextField(
+        blank=True, help_text="Why, when the codes alone do not say (e.g. an unfilled order reverted)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -115,7 +119,8 @@ class PendingTrade(models.Model):
         ordering = ["id"]
         indexes = [
             models.Index(
-                fields=["watchlist"], condition=models.Q(resolved_at__isnull=True), name="open_pending_trade_idx"
+                fields=["watchlist"], condition=models.Q(resolved_at__isnull=True),
+                name="open_pending_trade_idx",
             ),
         ]
 

@@ -26,9 +26,15 @@ def admin_client(client):
 
 def form_data(account, **changes) -> dict:
     data = {
-        "owner": account.owner_id, "display_name": account.display_name, "account_number": account.account_number,
-        "product_code": account.product_code, "environment": account.environment, "base_url": account.base_url,
-        "hts_id": account.hts_id, "app_key": "", "app_secret": "",
+        "owner": account.owner_id,
+        "display_name": account.display_name,
+        "account_number": account.account_number,
+        "product_code": account.product_code,
+        "environment": account.environment,
+        "base_url": account.base_url,
+        "hts_id": account.hts_id,
+        "app_key": "",
+        "app_secret": "",
     }
     return data | changes
 
@@ -63,14 +69,25 @@ def test_a_typed_secret_replaces_the_stored_one_and_is_not_echoed(admin_client, 
 
 
 def test_an_invalid_form_does_not_echo_a_typed_secret(admin_client, account):
-    response = admin_client.post(change_url(account), form_data(account, account_number="12", app_key="typed-key-x1"))
+    response = admin_client.post(
+        change_url(account), form_data(account, account_number="12", app_key="typed-key-x1")
+    )
     assert response.status_code == 200 and "CANO is exactly 8 digits." in response.content.decode()
     assert_no_secret(response, "typed-key-x1")
 
 
 def test_a_new_account_needs_both_secrets(admin_client, user):
-    data = {"owner": user.pk, "display_name": "new", "account_number": "50999999", "product_code": "01",
-            "environment": "paper", "base_url": "http://127.0.0.1:9", "hts_id": "", "app_key": "", "app_secret": ""}
+    data = {
+        "owner": user.pk,
+        "display_name": "new",
+        "account_number": "50999999",
+        "product_code": "01",
+        "environment": "paper",
+        "base_url": "http://127.0.0.1:9",
+        "hts_id": "",
+        "app_key": "",
+        "app_secret": "",
+    }
     assert admin_client.post(ADD, data).status_code == 200
     assert not BrokerAccount.objects.filter(account_number="50999999").exists()
     assert admin_client.post(ADD, data | {"app_key": "k-123", "app_secret": "s-456"}).status_code == 302

@@ -47,13 +47,15 @@ class GroupListener:
     def messages(self, event_type: str | None = None, timeout: float = 20) -> list[dict]:
         """The `message` of every event broadcast since entering (of `event_type` when given)."""
         self._run(self._read_to_end_mark(timeout), timeout)
-        return [event["message"] for event in self.received if event_type is None or event["type"] == event_type]
+        return [
+            event["message"] for event in self.received if event_type is None or event["type"] == event_type
+        ]
 
     def changes(self) -> list[dict]:
         return self.messages("watchlist.changed")
 
     def wait_for(self, event_type: str, timeout: float = 60) -> dict:
-        """The next `message` of `event_type` sent from elsewhere (another process), waiting up to `timeout`."""
+        """The next `message` of `event_type` (sent by another process), waiting up to `timeout`."""
         return self._run(self._receive_next(event_type, timeout), timeout)
 
     async def _read_to_end_mark(self, timeout: float) -> None:

@@ -93,8 +93,13 @@ def test_the_change_history_is_read_only(admin_client, account):
     populate(account)
     change = WatchlistChange.objects.first()
     assert admin_client.get(admin_url(WatchlistChange, "add")).status_code == 403
-    assert admin_client.post(admin_url(WatchlistChange, "change", change.pk), {"cause": "buy"}).status_code == 403
-    assert admin_client.post(admin_url(WatchlistChange, "delete", change.pk), {"post": "yes"}).status_code == 403
+    assert (
+        admin_client.post(admin_url(WatchlistChange, "change", change.pk), {"cause": "buy"}).status_code
+        == 403
+    )
+    assert (
+        admin_client.post(admin_url(WatchlistChange, "delete", change.pk), {"post": "yes"}).status_code == 403
+    )
     filtered = admin_client.get(admin_url(WatchlistChange, "changelist"), {"cause__exact": "buy"})
     assert filtered.status_code == 200 and filtered.context["cl"].result_count == 1
 
@@ -114,7 +119,9 @@ def test_sync_now_queues_a_sync_of_each_selected_account(
     assert response.status_code == 200
     assert "Queued a sync of 1 account(s)." in response.content.decode()
     queued = [json.loads(raw)["headers"] for raw in redis_client.lrange("celery", 0, -1)]
-    assert [(h["task"], h["argsrepr"]) for h in queued] == [("watchlist.tasks.sync_account", f"({account.id},)")]
+    assert [(h["task"], h["argsrepr"]) for h in queued] == [
+        ("watchlist.tasks.sync_account", f"({account.id},)")
+    ]
 
 
 def test_the_admin_is_for_staff_only(client, user, account):

@@ -24,7 +24,7 @@ def clean_redis(redis_client):
 
 
 class StaleReadBroker(MemoryBroker):
-    """Reads the balance, then holds the answer until released: a slow broker answer that is stale on arrival."""
+    """Reads the balance, then holds the answer until released: a slow answer, stale on arrival."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,7 +56,10 @@ def in_threads(*calls):
 
 
 def items(account) -> dict[str, tuple[int, bool]]:
-    return {i.stock_code: (i.quantity, i.pending) for i in WatchlistItem.objects.filter(watchlist__account=account)}
+    return {
+        i.stock_code: (i.quantity, i.pending)
+        for i in WatchlistItem.objects.filter(watchlist__account=account)
+    }
 
 
 def test_two_syncs_started_together_make_one_change_and_one_version(account):
@@ -76,7 +79,9 @@ def test_a_sync_that_finds_another_running_does_nothing(account):
     broker.set_holdings({"005930": 10})
     broker.hold_reads = True
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(lambda: (WatchlistService(account, broker).sync_with_account(), connection.close())[0])
+        first = pool.submit(
+            lambda: (WatchlistService(account, broker).sync_with_account(), connection.close())[0]
+        )
         assert broker.read_taken.wait(WAIT)
         second = WatchlistService(account, broker).sync_with_account()
         broker.release.set()
@@ -89,7 +94,9 @@ def race_a_trade_against_a_stale_sync(account, broker, code, side, qty):
     """A sync reads the balance; a trade is placed and applied; then the sync applies its stale read."""
     broker.hold_reads = True
     with ThreadPoolExecutor(1) as pool:
-        stale_sync = pool.submit(lambda: (WatchlistService(account, broker).sync_with_account(), connection.close())[0])
+        stale_sync = pool.submit(
+            lambda: (WatchlistService(account, broker).sync_with_account(), connection.close())[0]
+        )
         assert broker.read_taken.wait(WAIT)
         order_id = broker.place_order(code, side, qty)
         WatchlistService(account, broker).handle_trade_event(code, side, qty, order_id=order_id)
@@ -141,16 +148,23 @@ def test_concurrent_trades_and_syncs_give_gapless_versions_broadcast_in_order(ac
             with trade_in_flight(account.id):  # as the trade API does: no sync sees the fill before the event
                 order_id = broker.place_order(code, "buy", 1)
                 return WatchlistService(account, broker).handle_trade_event(code, "buy", 1, order_id=order_id)
+
         return call
 
     codes = ["005930", "000660", "035420", "035720", "005380", "000660", "005930", "035420"]
     with GroupListener(account.id) as listener:
-        in_threads(*[buy_and_apply(code) for code in codes], *[WatchlistService(account, broker).sync_with_account] * 4)
+        in_threads(
+            *[buy_and_apply(code) for code in codes],
+            *[WatchlistService(account, broker).sync_with_account] * 4,
+        )
         messages = listener.changes()
 
     final_version = Watchlist.objects.get(account=account).version
-    logged = list(WatchlistChange.objects.filter(watchlist__account=account).order_by("version")
-                  .values_list("version", flat=True))
+    logged = list(
+        WatchlistChange.objects.filter(watchlist__account=account)
+        .order_by("version")
+        .values_list("version", flat=True)
+    )
     assert logged == list(range(1, final_version + 1))
     assert [m["version"] for m in messages] == list(range(2, final_version + 1))
     WatchlistService(account, broker).sync_with_account()

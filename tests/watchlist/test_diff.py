@@ -7,8 +7,13 @@ from trading.brokers.base import balance_frame
 from watchlist.diff import ItemState, WatchlistDiff, diff_items, holdings_from_balance
 
 
-def item(code: str, quantity: int = 10, avg_price: float = 70_000.0, current_price: int = 72_000,
-         pending: bool = False) -> ItemState:
+def item(
+    code: str,
+    quantity: int = 10,
+    avg_price: float = 70_000.0,
+    current_price: int = 72_000,
+    pending: bool = False,
+) -> ItemState:
     return ItemState(code, f"종목{code}", quantity, avg_price, current_price, 0, 0, 0.0, pending).revalued()
 
 
@@ -23,12 +28,18 @@ def test_a_new_code_is_added():
 
 
 def test_a_code_no_longer_held_is_removed():
-    assert diff_items(as_map(item("005930"), item("000660")), as_map(item("005930"))) == WatchlistDiff(removed=("000660",))
+    assert diff_items(as_map(item("005930"), item("000660")), as_map(item("005930"))) == WatchlistDiff(
+        removed=("000660",)
+    )
 
 
 def test_quantity_average_price_or_pending_is_an_update():
     stored = item("005930")
-    for changed in (replace(stored, quantity=4), replace(stored, avg_price=70_500.5), replace(stored, pending=True)):
+    for changed in (
+        replace(stored, quantity=4),
+        replace(stored, avg_price=70_500.5),
+        replace(stored, pending=True),
+    ):
         assert diff_items(as_map(stored), as_map(changed)) == WatchlistDiff(updated=("005930",))
 
 
@@ -53,12 +64,32 @@ def test_codes_come_sorted():
 
 
 def test_holdings_are_the_balance_rows_with_quantity_above_zero():
-    frame = balance_frame([
-        {"stock_code": "005930", "name": "삼성전자", "quantity": 10, "orderable_quantity": 10, "avg_price": 71250.5,
-         "current_price": 72100, "eval_amount": 721000, "pnl": 8495, "pnl_rate": 1.19},
-        {"stock_code": "000660", "name": "SK하이닉스", "quantity": 0, "orderable_quantity": 0, "avg_price": 0.0,
-         "current_price": 180000, "eval_amount": 0, "pnl": 0, "pnl_rate": 0.0},
-    ])
+    frame = balance_frame(
+        [
+            {
+                "stock_code": "005930",
+                "name": "삼성전자",
+                "quantity": 10,
+                "orderable_quantity": 10,
+                "avg_price": 71250.5,
+                "current_price": 72100,
+                "eval_amount": 721000,
+                "pnl": 8495,
+                "pnl_rate": 1.19,
+            },
+            {
+                "stock_code": "000660",
+                "name": "SK하이닉스",
+                "quantity": 0,
+                "orderable_quantity": 0,
+                "avg_price": 0.0,
+                "current_price": 180000,
+                "eval_amount": 0,
+                "pnl": 0,
+                "pnl_rate": 0.0,
+            },
+        ]
+    )
     holdings = holdings_from_balance(frame)
     assert list(holdings) == ["005930"]
     assert holdings["005930"] == ItemState("005930", "삼성전자", 10, 71250.5, 72100, 721000, 8495, 1.19)
@@ -100,11 +131,15 @@ def test_applying_the_diff_to_the_old_list_gives_the_new_one(stored, target):
 
 @given(watchlists, st.data())
 def test_the_diff_is_empty_exactly_when_nothing_but_prices_changed(stored, data):
-    target = {code: state.revalued(current_price=data.draw(st.integers(1, 200))) for code, state in stored.items()}
+    target = {
+        code: state.revalued(current_price=data.draw(st.integers(1, 200))) for code, state in stored.items()
+    }
     assert not diff_items(stored, target)
 
 
 @given(watchlists, watchlists)
 def test_a_non_empty_diff_means_a_code_quantity_price_or_pending_differs(stored, target):
-    identities_differ = {c: s.identity() for c, s in stored.items()} != {c: s.identity() for c, s in target.items()}
+    identities_differ = {c: s.identity() for c, s in stored.items()} != {
+        c: s.identity() for c, s in target.items()
+    }
     assert bool(diff_items(stored, target)) == identities_differ

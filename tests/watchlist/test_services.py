@@ -1,4 +1,5 @@
-"""WatchlistService.sync_with_account with the in-memory broker (fast), broadcasts on the real channel layer."""
+"""WatchlistService.sync_with_account with the in-memory broker (fast); broadcasts on the real channel
+layer."""
 
 import pytest
 from django.db import connection
@@ -30,10 +31,15 @@ def sync(account, broker, capture):
 
 
 def stored(account) -> dict[str, tuple[int, float, bool]]:
-    return {i.stock_code: (i.quantity, i.avg_price, i.pending) for i in WatchlistItem.objects.filter(watchlist__account=account)}
+    return {
+        i.stock_code: (i.quantity, i.avg_price, i.pending)
+        for i in WatchlistItem.objects.filter(watchlist__account=account)
+    }
 
 
-def test_first_sync_adds_every_holding_and_broadcasts_one_change(account, broker, django_capture_on_commit_callbacks):
+def test_first_sync_adds_every_holding_and_broadcasts_one_change(
+    account, broker, django_capture_on_commit_callbacks
+):
     broker.set_holdings({"005930": (10, 70_000.0), "000660": (3, 180_000.0)}, prices={"005930": 72_100})
     with GroupListener(account.id) as listener:
         result = sync(account, broker, django_capture_on_commit_callbacks)
@@ -77,7 +83,9 @@ def test_a_partial_sale_updates_the_quantity(account, broker, django_capture_on_
     assert stored(account)["005930"][0] == 4
 
 
-def test_an_unchanged_account_sends_nothing_and_keeps_its_version(account, broker, django_capture_on_commit_callbacks):
+def test_an_unchanged_account_sends_nothing_and_keeps_its_version(
+    account, broker, django_capture_on_commit_callbacks
+):
     broker.set_holdings({"005930": 10, "000660": 3})
     sync(account, broker, django_capture_on_commit_callbacks)
     with GroupListener(account.id) as listener:
@@ -102,7 +110,9 @@ def test_a_price_move_refreshes_stored_values_without_a_version_or_a_message(
     assert (item.current_price, item.eval_amount, item.pnl, item.pnl_rate) == (77_000, 770_000, 70_000, 10.0)
 
 
-def test_sold_out_rows_with_quantity_zero_are_not_holdings(account, broker, django_capture_on_commit_callbacks):
+def test_sold_out_rows_with_quantity_zero_are_not_holdings(
+    account, broker, django_capture_on_commit_callbacks
+):
     broker.set_holdings({"005930": 10, "000660": 0})
     result = sync(account, broker, django_capture_on_commit_callbacks)
     assert result.changes.added == ("005930",)
@@ -120,6 +130,8 @@ def test_an_unchanged_account_costs_a_constant_number_of_queries(
     service = WatchlistService(account, broker)
     with CaptureQueriesContext(connection) as queries:
         service.sync_with_account()
-    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+    statements = [
+        q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))
+    ]
     # watchlist, newest intent, watchlist under the lock, items, open intents, one bulk price update
     assert len(statements) == 6, statements

@@ -33,13 +33,20 @@ def run(django_capture_on_commit_callbacks):
 
 
 def hold(simulator, **quantities: int) -> None:
-    simulator.set_holdings(DEMO_CANO, [
-        {"stock_code": code.removeprefix("c"), "quantity": quantity, "avg_price": 50_000} for code, quantity in quantities.items()
-    ])
+    simulator.set_holdings(
+        DEMO_CANO,
+        [
+            {"stock_code": code.removeprefix("c"), "quantity": quantity, "avg_price": 50_000}
+            for code, quantity in quantities.items()
+        ],
+    )
 
 
 def items(account) -> dict[str, tuple[int, bool]]:
-    return {i.stock_code: (i.quantity, i.pending) for i in WatchlistItem.objects.filter(watchlist__account=account)}
+    return {
+        i.stock_code: (i.quantity, i.pending)
+        for i in WatchlistItem.objects.filter(watchlist__account=account)
+    }
 
 
 def sync(run, account, *, after=timedelta(0)):
@@ -55,14 +62,19 @@ def test_a_new_holding_is_added(simulator, sim_account, run):
         result = sync(run, sim_account)
         [message] = listener.changes()
     assert result.changes.as_dict() == {"added": ["000660"], "removed": [], "updated": []}
-    assert message["version"] == 2 and [row["stock_code"] for row in message["full_list"]] == ["000660", "005930"]
+    assert message["version"] == 2 and [row["stock_code"] for row in message["full_list"]] == [
+        "000660",
+        "005930",
+    ]
     assert items(sim_account) == {"005930": (10, False), "000660": (5, False)}
     assert WatchlistItem.objects.get(stock_code="000660").name  # the account's name for it
 
 
 def test_the_seeded_account_is_followed_in_full(simulator, sim_account, run):
     result = sync(run, sim_account)
-    expected = {h["stock_code"]: h["quantity"] for h in simulator.account(DEMO_CANO)["holdings"] if h["quantity"] > 0}
+    expected = {
+        h["stock_code"]: h["quantity"] for h in simulator.account(DEMO_CANO)["holdings"] if h["quantity"] > 0
+    }
     assert set(result.changes.added) == set(expected)
     assert {code: quantity for code, (quantity, _) in items(sim_account).items()} == expected
 
@@ -139,7 +151,9 @@ def test_broker_faults_back_off_30_60_120_120_keep_the_watchlist_and_a_success_r
 def trade(run, account, code, side, qty, price=None):
     broker = broker_for(account)
     order_id = broker.place_order(code, side, qty, price)
-    return run(WatchlistService(account, broker).handle_trade_event, code, side, qty, order_id=order_id, price=price)
+    return run(
+        WatchlistService(account, broker).handle_trade_event, code, side, qty, order_id=order_id, price=price
+    )
 
 
 def test_a_market_buy_is_added_pending_then_confirmed(simulator, sim_account, run):

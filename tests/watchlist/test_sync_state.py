@@ -72,7 +72,9 @@ def test_failures_back_off_30_60_120_120_and_a_success_returns_to_30(
     assert changed["changes"] == {"added": ["000660"], "removed": [], "updated": ["005930"]}
 
 
-def test_status_goes_from_never_to_ok_once_and_stays_quiet_while_ok(account, django_capture_on_commit_callbacks):
+def test_status_goes_from_never_to_ok_once_and_stays_quiet_while_ok(
+    account, django_capture_on_commit_callbacks
+):
     broker = MemoryBroker()
     with GroupListener(account.id) as listener:
         attempt(account, broker, django_capture_on_commit_callbacks)
@@ -119,7 +121,9 @@ def test_one_failing_account_does_not_delay_another(user, make_account, django_c
         attempt(failing, broken, django_capture_on_commit_callbacks)
     attempt(healthy, MemoryBroker(), django_capture_on_commit_callbacks)
     assert SyncState.objects.get(account=healthy).status == "ok"
-    assert (SyncState.objects.get(account=healthy).next_attempt_at
-            < SyncState.objects.get(account=failing).next_attempt_at)
+    assert (
+        SyncState.objects.get(account=healthy).next_attempt_at
+        < SyncState.objects.get(account=failing).next_attempt_at
+    )
     assert not WatchlistItem.objects.filter(watchlist__account=failing).exists()
     assert Watchlist.objects.get(account=failing).version == 0

@@ -14,10 +14,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def items(account) -> dict[str, tuple[int, bool]]:
-    return {i.stock_code: (i.quantity, i.pending) for i in WatchlistItem.objects.filter(watchlist__account=account)}
+    return {
+        i.stock_code: (i.quantity, i.pending)
+        for i in WatchlistItem.objects.filter(watchlist__account=account)
+    }
 
 
-def test_the_dispatcher_task_syncs_a_due_account_on_a_real_worker(simulator, sim_account, celery_worker_process):
+def test_the_dispatcher_task_syncs_a_due_account_on_a_real_worker(
+    simulator, sim_account, celery_worker_process
+):
     simulator.set_holdings(DEMO_CANO, [{"stock_code": "005930", "quantity": 7, "avg_price": 70_000}])
     with GroupListener(sim_account.id) as listener:
         dispatch_due_syncs.delay()
@@ -31,12 +36,16 @@ def test_the_dispatcher_task_syncs_a_due_account_on_a_real_worker(simulator, sim
     assert state.status == "ok" and (state.next_attempt_at - state.last_attempt_at).total_seconds() == 30
 
 
-def test_a_trade_event_queues_the_reconciling_sync_that_confirms_it(simulator, sim_account, celery_worker_process):
+def test_a_trade_event_queues_the_reconciling_sync_that_confirms_it(
+    simulator, sim_account, celery_worker_process
+):
     simulator.set_holdings(DEMO_CANO, [])
     broker = broker_for(sim_account)
     with GroupListener(sim_account.id) as listener:
         order_id = broker.place_order("000660", "buy", 2)
-        version = WatchlistService(sim_account, broker).handle_trade_event("000660", "buy", 2, order_id=order_id)
+        version = WatchlistService(sim_account, broker).handle_trade_event(
+            "000660", "buy", 2, order_id=order_id
+        )
         assert listener.wait_for("watchlist.changed")["changes"]["added"] == ["000660"]
         confirmed = listener.wait_for("watchlist.changed")  # sent by the worker's sync
     assert confirmed["version"] == version + 1

@@ -43,7 +43,9 @@ def run(django_capture_on_commit_callbacks):
 def trade(run, account, broker, code, side, qty, price=None):
     """What the trade API does: the broker accepts the order, then the watchlist follows at once."""
     order_id = broker.place_order(code, side, qty, price)
-    return run(WatchlistService(account, broker).handle_trade_event, code, side, qty, order_id=order_id, price=price)
+    return run(
+        WatchlistService(account, broker).handle_trade_event, code, side, qty, order_id=order_id, price=price
+    )
 
 
 def sync(run, account, broker, *, after=timedelta(0)):
@@ -52,7 +54,10 @@ def sync(run, account, broker, *, after=timedelta(0)):
 
 
 def items(account) -> dict[str, tuple[int, bool]]:
-    return {i.stock_code: (i.quantity, i.pending) for i in WatchlistItem.objects.filter(watchlist__account=account)}
+    return {
+        i.stock_code: (i.quantity, i.pending)
+        for i in WatchlistItem.objects.filter(watchlist__account=account)
+    }
 
 
 def last_change(account) -> WatchlistChange:
@@ -61,7 +66,9 @@ def last_change(account) -> WatchlistChange:
 
 def queued_syncs(redis_client) -> list[str]:
     messages = [json.loads(raw) for raw in redis_client.lrange("celery", 0, -1)]
-    return [m["headers"]["argsrepr"] for m in messages if m["headers"]["task"] == "watchlist.tasks.sync_account"]
+    return [
+        m["headers"]["argsrepr"] for m in messages if m["headers"]["task"] == "watchlist.tasks.sync_account"
+    ]
 
 
 def test_a_buy_of_a_new_code_adds_it_pending_broadcasts_and_queues_a_sync(account, broker, run, redis_client):
@@ -71,10 +78,20 @@ def test_a_buy_of_a_new_code_adds_it_pending_broadcasts_and_queues_a_sync(accoun
     assert version == 1 and message["version"] == 1
     assert message["changes"] == {"added": ["005930"], "removed": [], "updated": []}
     row = message["full_list"][0]
-    assert (row["quantity"], row["pending"], row["avg_price"], row["eval_amount"]) == (10, True, 70_000.0, 700_000)
+    assert (row["quantity"], row["pending"], row["avg_price"], row["eval_amount"]) == (
+        10,
+        True,
+        70_000.0,
+        700_000,
+    )
     assert last_change(account).cause == "buy"
     intent = PendingTrade.objects.get()
-    assert (intent.side, intent.qty, intent.expected_quantity, intent.order_id) == ("buy", 10, 10, "0000000001")
+    assert (intent.side, intent.qty, intent.expected_quantity, intent.order_id) == (
+        "buy",
+        10,
+        10,
+        "0000000001",
+    )
     assert intent.resolved_at is None
     assert queued_syncs(redis_client) == [f"({account.id},)"]
 
@@ -150,11 +167,15 @@ def test_an_unfilled_buy_stays_pending_through_the_grace_period_then_the_account
     assert after.changes.as_dict() == {"added": [], "removed": ["005930"], "updated": []}
     assert message["changes"]["removed"] == ["005930"] and message["full_list"] == []
     change = last_change(account)
-    assert change.cause == "sync" and "not confirmed" in change.note.lower() and "buy 005930 x10" in change.note
+    assert (
+        change.cause == "sync" and "not confirmed" in change.note.lower() and "buy 005930 x10" in change.note
+    )
     assert PendingTrade.objects.get().resolution == PendingTrade.Resolution.EXPIRED
 
 
-def test_an_unfilled_partial_sell_is_reverted_to_the_held_quantity_after_the_grace_period(account, broker, run):
+def test_an_unfilled_partial_sell_is_reverted_to_the_held_quantity_after_the_grace_period(
+    account, broker, run
+):
     broker.set_holdings({"005930": 10})
     sync(run, account, broker)
     broker.fill_orders = False
@@ -185,8 +206,11 @@ def test_trade_versions_and_syncs_interleave_without_gaps(account, broker, run):
     sync(run, account, broker)
     trade(run, account, broker, "005930", "sell", 15)
     sync(run, account, broker)
-    versions = list(WatchlistChange.objects.filter(watchlist__account=account).order_by("version")
-                    .values_list("version", flat=True))
+    versions = list(
+        WatchlistChange.objects.filter(watchlist__account=account)
+        .order_by("version")
+        .values_list("version", flat=True)
+    )
     assert versions == list(range(1, Watchlist.objects.get(account=account).version + 1))
     assert items(account) == {"000660": (2, False)}
     assert not PendingTrade.objects.filter(resolved_at__isnull=True).exists()
