@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import datetime
 
 import httpx
@@ -246,6 +247,20 @@ async def test_registers_everything_again_after_the_simulator_drops_the_connecti
     received = len(ticks)
     await wait_until(lambda: len(ticks) > received)
     assert registrations_of(simulator, PRICE_TR, "035420") == 1
+
+
+async def test_no_key_or_secret_reaches_the_log_even_at_debug_level(simulator, running, caplog):
+    caplog.set_level(logging.DEBUG)
+    session, ticks, _ = simulator_session(simulator, app_key="never-logged-app-key")
+    session.register({Registration(PRICE_TR, "005930")})
+    running(session)
+    await wait_until(lambda: session.active and ticks)
+    feed_control(simulator, "/drop")
+    await wait_until(lambda: session.connections == 2 and session.active)
+
+    assert caplog.records  # the wire was logged, at DEBUG too
+    for secret in ("approval_key", "never-logged-app-key", '"secret"', "secretkey"):
+        assert secret not in caplog.text
 
 
 async def test_fill_notices_arrive_decrypted(simulator, running):

@@ -35,6 +35,10 @@ from websockets.asyncio.client import ClientConnection
 from .base import AuthenticationFailed, BadBrokerResponse, BrokerError, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
+# websockets logs every frame at DEBUG, and registration frames carry the approval key: its logger
+# for our connections never goes below INFO, whatever the log level of the process.
+wire_logger = logging.getLogger(f"{__name__}.wire")
+wire_logger.setLevel(logging.INFO)
 
 PRICE_TR = "H0STCNT0"
 FILL_TR_REAL = "H0STCNI0"
@@ -379,7 +383,7 @@ class RealtimeSession:
                     approval_key = await issue_approval_key(
                         http, self.credentials.base_url, self.credentials.app_key, self.credentials.app_secret
                     )
-                    async with websockets.connect(self.url, open_timeout=self.timeout) as ws:
+                    async with websockets.connect(self.url, open_timeout=self.timeout, logger=wire_logger) as ws:
                         self.connections += 1
                         logger.info("real-time session %s connected to %s", self.name, self.url)
                         delay = self.retry_delay
