@@ -104,12 +104,13 @@ def load_watch_state() -> WatchState:
     for account in BrokerAccount.objects.all():
         if not (account.app_key and account.app_secret):
             continue  # nothing could authenticate its session
+        fills = Registration(fill_tr(account.is_paper), account.hts_id) if account.hts_id else None
         accounts[account.id] = FeedAccount(
             id=account.id,
             account_number=account.account_number,
             credentials=Credentials(account.base_url, account.app_key, account.app_secret),
             url=realtime_url(account.base_url),
-            fill_registration=Registration(fill_tr(account.is_paper), account.hts_id) if account.hts_id else None,
+            fill_registration=fills,
         )
     watchers: dict[FeedCode, set[int]] = defaultdict(set)
     for account_id, code in WatchlistItem.objects.values_list("watchlist__account_id", "stock_code"):
@@ -148,24 +149,35 @@ def store_prices(account_ids: Iterable[int], prices: Mapping[str, int]) -> int:
     sync changes them; no version bump and no message (a price is not a watchlist change)."""
     if not prices:
         return 0
-    price = Case(*(When(stock_code=code, then=Value(p)) for code, p in prices.items()),
-                 output_field=BigIntegerField())
+    price = Case(
+        *(When(stock_code=code, then=Value(p)) for code, p in prices.items()), output_field=BigIntegerField()
+    )
     value = ExpressionWrapper(F("quantity") * price, output_field=BigIntegerField())
     cost = Round(ExpressionWrapper(F("quantity") * F("avg_price"), output_field=FloatField()))
     pnl = ExpressionWrapper(value - cost, output_field=BigIntegerField())
     pnl_rate = ExpressionWrapper((value - cost) * 100.0 / cost, output_field=FloatField())
-    return WatchlistItem.objects.filter(watchlist__account_id__in=list(account_ids), stock_code__in=prices).update(
+    return WatchlistItem.objects.filter(
+        watchlist__account_id__in=list(account_ids), stock_code__in=prices
+    ).update(
         current_price=price,
         eval_amount=value,
         pnl=pnl,
-        pnl_rate=Case(When(quantity__gt=0, avg_price__gt=0, then=Round(pnl_rate, 2)), default=Value(0.0),
-                      output_field=FloatField()),
+        pnl_rate=Case(
+            When(quantity__gt=0, avg_price__gt=0, then=Round(pnl_rate, 2)),
+            default=Value(0.0),
+            output_field=FloatField(),
+        ),
     )
 
 
 def price_message(tick: Tick, now: datetime) -> dict:
     return events.price_update_message(
-        tick.stock_code, tick.price, tick.change, tick.change_rate, tick.volume, timestamp=kst_unix(tick.time, now)
+        tick.stock_code,
+        tick.price,
+        tick.change,
+        tick.change_rate,
+        tick.volume,
+        timestamp=kst_unix(tick.time, now),
     )
 
 
@@ -255,8 +267,10 @@ class PriceFeed:
             for account in accounts:
                 if account.fill_registration is None and account.id not in self._accounts_without_hts_id:
                     self._accounts_without_hts_id.add(account.id)
-                    logger.warning("price feed: account=%s has no HTS id; its fills wait for the periodic sync",
-                                   account.id)
+                    logger.warning(
+                        "price feed: account=%s has no HTS id; its fills wait for the periodic sync",
+                        account.id,
+                    )
             if credentials in self.sessions:
                 self.sessions[credentials].name = name
                 continue
@@ -280,7 +294,10 @@ class PriceFeed:
             for credentials, session in self.sessions.items()
             if session.url == url
         }
-        room = {credentials: MAX_REGISTRATIONS - len(registrations) for credentials, registrations in fills.items()}
+        room = {
+            credentials: MAX_REGISTRATIONS - len(registrations)
+            for credentials, registrations in fills.items()
+        }
         current = {
             credentials: {r.tr_key for r in self.sessions[credentials].wanted if r.tr_id == PRICE_TR}
             for credentials in fills
@@ -288,14 +305,22 @@ class PriceFeed:
         codes = {code for feed, code in state.watchers if feed == url}
         assigned, unplaced = assign_codes(room, codes, current)
         for credentials, registrations in fills.items():
-            self.sessions[credentials].register(registrations | {Registration(PRICE_TR, c) for c in assigned[credentials]})
+            self.sessions[credentials].register(
+                registrations | {Registration(PRICE_TR, c) for c in assigned[credentials]}
+            )
         unstreamed = {(url, code) for code in unplaced}
         before = {key for key in self.unstreamed if key[0] == url}
         if unstreamed != before:
             if unstreamed:
-                logger.warning("price feed: %d watched codes are not streamed from %s, all %d sessions are full "
-                               "(%d registrations each): %s", len(unstreamed), url, len(fills), MAX_REGISTRATIONS,
-                               " ".join(sorted(unplaced)))
+                logger.warning(
+                    "price feed: %d watched codes are not streamed from %s, all %d sessions are full "
+                    "(%d registrations each): %s",
+                    len(unstreamed),
+                    url,
+                    len(fills),
+                    MAX_REGISTRATIONS,
+                    " ".join(sorted(unplaced)),
+                )
             else:
                 logger.info("price feed: every watched code is streamed from %s again", url)
             self.unstreamed = {key for key in self.unstreamed if key[0] != url} | unstreamed
@@ -315,7 +340,8 @@ class PriceFeed:
         whose last message is `resend_interval` old while their market is open."""
         now = time.monotonic()
         due = self._waiting | {
-            key for key, sent_at in self._sent_at.items()
+            key
+            for key, sent_at in self._sent_at.items()
             if now - sent_at >= self.resend_interval and (not follows_krx_hours(key[0]) or krx_is_open_now())
         }
         self._waiting = set()
@@ -345,14 +371,22 @@ class PriceFeed:
         if not notice.filled:
             return  # an acceptance notice: nothing changed in the account yet
         accounts = [
-            account for account in self.state.accounts_of(credentials)
+            account
+            for account in self.state.accounts_of(credentials)
             if account.fill_registration and account.fill_registration.tr_key == notice.hts_id
         ]
         # Several accounts of one HTS id: the notice's account number says which one.
         matching = [a for a in accounts if notice.account_no.startswith(a.account_number)] or accounts
         for account in matching:
-            logger.info("fill notice account=%s order=%s %s %s x%d at %d: syncing now", account.id,
-                        notice.order_no, notice.side, notice.stock_code, notice.qty, notice.price)
+            logger.info(
+                "fill notice account=%s order=%s %s %s x%d at %d: syncing now",
+                account.id,
+                notice.order_no,
+                notice.side,
+                notice.stock_code,
+                notice.qty,
+                notice.price,
+            )
             task = asyncio.create_task(database_sync_to_async(tasks.request_sync)(account.id))
             self._fill_syncs.add(task)
             task.add_done_callback(self._fill_syncs.discard)

@@ -35,12 +35,16 @@ from trading.brokers.realtime import (
 from trading.brokers.simulator.realtime import encrypt_payload
 
 # Records in KIS's own format (46 and 26 fields), as the official samples print them.
-SAMSUNG = ("005930^093354^71900^5^-100^-0.14^72023.83^72100^72400^71700^71900^71800^1^3052507^219853241700^5105^"
-           "6937^1832^84.90^1366314^1159996^1^0.39^20.28^090020^5^-200^090820^5^-500^092619^2^200^20230612^20^N^"
-           "65945^216924^1118750^2199206^0.05^2424142^125.92^0^^72100")
-HYNIX = ("000660^093355^182500^2^500^0.27^182310.50^182000^183000^181500^182600^182500^7^1200345^218833241700^"
-         "3105^4937^1832^104.90^366314^359996^5^0.41^21.28^090010^2^500^091020^5^-500^090219^2^1000^20230612^20^N^"
-         "15945^16924^118750^199206^0.04^424142^95.92^0^^182000")
+SAMSUNG = (
+    "005930^093354^71900^5^-100^-0.14^72023.83^72100^72400^71700^71900^71800^1^3052507^219853241700^5105^"
+    "6937^1832^84.90^1366314^1159996^1^0.39^20.28^090020^5^-200^090820^5^-500^092619^2^200^20230612^20^N^"
+    "65945^216924^1118750^2199206^0.05^2424142^125.92^0^^72100"
+)
+HYNIX = (
+    "000660^093355^182500^2^500^0.27^182310.50^182000^183000^181500^182600^182500^7^1200345^218833241700^"
+    "3105^4937^1832^104.90^366314^359996^5^0.41^21.28^090010^2^500^091020^5^-500^090219^2^1000^20230612^20^N^"
+    "15945^16924^118750^199206^0.04^424142^95.92^0^^182000"
+)
 FILL = "sim50123456^5012345601^0000004101^10^02^0^01^0^005930^10^71900^093401^0^2^2^00950^^^^^N^^^^삼성전자^0"
 ACCEPTED = "sim50123456^5012345601^0000004101^10^02^0^01^0^005930^0^0^093400^0^1^1^00950^^^^^N^^^^삼성전자^0"
 AES_KEY, AES_IV = "a" * 16 + "B" * 16, "0123456789abcdef"
@@ -56,10 +60,18 @@ class RecordingSocket:
         self.sent.append(message)
 
 
-def collecting_session(url: str = "ws://127.0.0.1:9/tryitout", **options) -> tuple[RealtimeSession, list, list]:
+def collecting_session(
+    url: str = "ws://127.0.0.1:9/tryitout", **options
+) -> tuple[RealtimeSession, list, list]:
     ticks, fills = [], []
-    session = RealtimeSession(Credentials("http://127.0.0.1:9", "app-key", "app-secret"), name="test",
-                              url=url, on_tick=ticks.append, on_fill=fills.append, **options)
+    session = RealtimeSession(
+        Credentials("http://127.0.0.1:9", "app-key", "app-secret"),
+        name="test",
+        url=url,
+        on_tick=ticks.append,
+        on_fill=fills.append,
+        **options,
+    )
     return session, ticks, fills
 
 
@@ -71,6 +83,7 @@ async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05):
 
 
 # --- the wire format ------------------------------------------------------------------------------
+
 
 def test_a_price_frame_with_one_record():
     frame = parse_data_frame(f"0|H0STCNT0|001|{SAMSUNG}")
@@ -85,16 +98,23 @@ def test_a_price_frame_with_one_record():
 def test_several_records_in_one_frame():
     frame = parse_data_frame(f"0|H0STCNT0|003|{SAMSUNG}^{HYNIX}^{SAMSUNG}")
     ticks = parse_ticks(frame.payload, frame.count)
-    assert [(t.stock_code, t.price) for t in ticks] == [("005930", 71900), ("000660", 182500), ("005930", 71900)]
+    assert [(t.stock_code, t.price) for t in ticks] == [
+        ("005930", 71900),
+        ("000660", 182500),
+        ("005930", 71900),
+    ]
     assert ticks[1].change == 500 and ticks[1].volume == 1200345
 
 
-@pytest.mark.parametrize("text", [
-    f"0|H0STCNT0|002|{SAMSUNG}^extra",  # fields do not split into two records
-    "0|H0STCNT0|001|005930^093354",  # too short a record
-    "0|H0STCNT0|abc|005930",
-    "0|H0STCNT0",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"0|H0STCNT0|002|{SAMSUNG}^extra",  # fields do not split into two records
+        "0|H0STCNT0|001|005930^093354",  # too short a record
+        "0|H0STCNT0|abc|005930",
+        "0|H0STCNT0",
+    ],
+)
 def test_malformed_frames_are_refused(text):
     with pytest.raises(BadBrokerResponse):
         frame = parse_data_frame(text)
@@ -128,8 +148,14 @@ def test_registration_messages():
 
 
 def test_where_the_feed_lives():
-    assert realtime_url("https://openapi.koreainvestment.com:9443") == "ws://ops.koreainvestment.com:21000/tryitout"
-    assert realtime_url("https://openapivts.koreainvestment.com:29443") == "ws://ops.koreainvestment.com:31000/tryitout"
+    assert (
+        realtime_url("https://openapi.koreainvestment.com:9443")
+        == "ws://ops.koreainvestment.com:21000/tryitout"
+    )
+    assert (
+        realtime_url("https://openapivts.koreainvestment.com:29443")
+        == "ws://ops.koreainvestment.com:31000/tryitout"
+    )
     assert realtime_url("http://127.0.0.1:8765") == "ws://127.0.0.1:8765/tryitout"
     assert follows_krx_hours(realtime_url("https://openapi.koreainvestment.com:9443"))
     assert not follows_krx_hours(realtime_url("http://127.0.0.1:8765"))
@@ -142,7 +168,8 @@ def test_krx_hours_and_trade_times():
     now = datetime(2026, 11, 25, 10, 0, 5, tzinfo=KST)
     assert kst_unix("100000", now) == int(now.timestamp()) - 5
     assert kst_unix("235959", datetime(2026, 11, 25, 0, 0, 1, tzinfo=KST)) == int(
-        datetime(2026, 11, 24, 23, 59, 59, tzinfo=KST).timestamp())
+        datetime(2026, 11, 24, 23, 59, 59, tzinfo=KST).timestamp()
+    )
 
 
 def test_a_session_holds_at_most_41_registrations():
@@ -156,9 +183,15 @@ async def test_messages_go_to_the_callbacks_and_pingpong_is_echoed():
     session, ticks, fills = collecting_session()
     socket = RecordingSocket()
     pingpong = '{"header":{"tr_id":"PINGPONG","datetime":"20261125093400"}}'
-    ack = {"header": {"tr_id": FILL_TR_PAPER, "tr_key": "sim50123456", "encrypt": "N"},
-           "body": {"rt_cd": "0", "msg_cd": "OPSP0000", "msg1": "SUBSCRIBE SUCCESS",
-                    "output": {"iv": AES_IV, "key": AES_KEY}}}
+    ack = {
+        "header": {"tr_id": FILL_TR_PAPER, "tr_key": "sim50123456", "encrypt": "N"},
+        "body": {
+            "rt_cd": "0",
+            "msg_cd": "OPSP0000",
+            "msg1": "SUBSCRIBE SUCCESS",
+            "output": {"iv": AES_IV, "key": AES_KEY},
+        },
+    }
 
     await session.handle_message(socket, f"0|H0STCNT0|002|{SAMSUNG}^{HYNIX}")
     await session.handle_message(socket, pingpong)
@@ -174,11 +207,14 @@ async def test_messages_go_to_the_callbacks_and_pingpong_is_echoed():
 async def test_an_encrypted_frame_before_its_key_is_skipped_not_fatal():
     session, _, fills = collecting_session()
     with pytest.raises(BadBrokerResponse):
-        await session.handle_message(RecordingSocket(), f"1|H0STCNI9|001|{encrypt_payload(AES_KEY, AES_IV, FILL)}")
+        await session.handle_message(
+            RecordingSocket(), f"1|H0STCNI9|001|{encrypt_payload(AES_KEY, AES_IV, FILL)}"
+        )
     assert fills == []
 
 
 # --- against the simulator's feed -----------------------------------------------------------------
+
 
 def feed_view(simulator) -> dict:
     return httpx.get(f"{simulator.url}/_fake/realtime", timeout=10).json()
@@ -212,8 +248,13 @@ async def running():
 
 def simulator_session(simulator, app_key: str = "realtime-test-key", **options):
     ticks, fills = [], []
-    session = RealtimeSession(Credentials(simulator.url, app_key, "secret"), name="test",
-                              on_tick=ticks.append, on_fill=fills.append, **options)
+    session = RealtimeSession(
+        Credentials(simulator.url, app_key, "secret"),
+        name="test",
+        on_tick=ticks.append,
+        on_fill=fills.append,
+        **options,
+    )
     return session, ticks, fills
 
 
@@ -280,14 +321,27 @@ async def test_fill_notices_arrive_decrypted(simulator, running):
 def buy_on_the_simulator(simulator, code: str, qty: int) -> str:
     """A market buy through the KIS REST wire; the order number."""
     with httpx.Client(base_url=simulator.url, timeout=10) as http:
-        token = http.post("/oauth2/tokenP", json={"grant_type": "client_credentials", "appkey": "realtime-test-key",
-                                                  "appsecret": "secret"}).json()["access_token"]
+        token = http.post(
+            "/oauth2/tokenP",
+            json={"grant_type": "client_credentials", "appkey": "realtime-test-key", "appsecret": "secret"},
+        ).json()["access_token"]
         answer = http.post(
             "/uapi/domestic-stock/v1/trading/order-cash",
-            json={"CANO": DEMO_CANO, "ACNT_PRDT_CD": "01", "PDNO": code, "ORD_DVSN": "01", "ORD_QTY": str(qty),
-                  "ORD_UNPR": "0"},
-            headers={"authorization": f"Bearer {token}", "appkey": "realtime-test-key", "appsecret": "secret",
-                     "tr_id": "VTTC0012U", "custtype": "P"},
+            json={
+                "CANO": DEMO_CANO,
+                "ACNT_PRDT_CD": "01",
+                "PDNO": code,
+                "ORD_DVSN": "01",
+                "ORD_QTY": str(qty),
+                "ORD_UNPR": "0",
+            },
+            headers={
+                "authorization": f"Bearer {token}",
+                "appkey": "realtime-test-key",
+                "appsecret": "secret",
+                "tr_id": "VTTC0012U",
+                "custtype": "P",
+            },
         ).json()
     assert answer["rt_cd"] == "0", answer
     return answer["output"]["ODNO"]
@@ -309,12 +363,18 @@ async def test_the_feed_stays_closed_outside_market_hours(simulator, running):
 
 async def test_simulator_refuses_a_42nd_registration_and_a_second_session_of_one_app_key(simulator):
     async with httpx.AsyncClient(base_url=simulator.url) as http:
-        approval = (await http.post("/oauth2/Approval", json={"grant_type": "client_credentials",
-                                                               "appkey": "limit-test", "secretkey": "s"})).json()
+        approval = (
+            await http.post(
+                "/oauth2/Approval",
+                json={"grant_type": "client_credentials", "appkey": "limit-test", "secretkey": "s"},
+            )
+        ).json()
     url = realtime_url(simulator.url)
 
     async def register(ws, code: str) -> dict:
-        await ws.send(registration_message(approval["approval_key"], Registration(PRICE_TR, code), subscribe=True))
+        await ws.send(
+            registration_message(approval["approval_key"], Registration(PRICE_TR, code), subscribe=True)
+        )
         while not (answer := await ws.recv()).startswith("{"):
             pass  # a price frame of a code registered before
         return json.loads(answer)

@@ -98,13 +98,16 @@ def krx_is_open_now() -> bool:
 def kst_unix(hhmmss: str, now: datetime) -> int:
     """Unix seconds of a KST wall-clock time of today (a time later than now is yesterday's)."""
     local = now.astimezone(KST)
-    moment = local.replace(hour=int(hhmmss[0:2]), minute=int(hhmmss[2:4]), second=int(hhmmss[4:6]), microsecond=0)
+    moment = local.replace(
+        hour=int(hhmmss[0:2]), minute=int(hhmmss[2:4]), second=int(hhmmss[4:6]), microsecond=0
+    )
     if moment > local + timedelta(minutes=1):
         moment -= timedelta(days=1)
     return int(moment.timestamp())
 
 
 # --- Messages ---------------------------------------------------------------------------------
+
 
 class Registration(NamedTuple):
     """One real-time registration: a TR and its key (a stock code, or an HTS id for fill notices)."""
@@ -301,6 +304,7 @@ async def issue_approval_key(http: httpx.AsyncClient, base_url: str, app_key: st
 
 # --- The session ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Credentials:
     """What a session authenticates with: the REST host that issues the approval key, and the app key."""
@@ -383,15 +387,26 @@ class RealtimeSession:
                     approval_key = await issue_approval_key(
                         http, self.credentials.base_url, self.credentials.app_key, self.credentials.app_secret
                     )
-                    async with websockets.connect(self.url, open_timeout=self.timeout, logger=wire_logger) as ws:
+                    async with websockets.connect(
+                        self.url, open_timeout=self.timeout, logger=wire_logger
+                    ) as ws:
                         self.connections += 1
                         logger.info("real-time session %s connected to %s", self.name, self.url)
                         delay = self.retry_delay
                         await self._serve(ws, approval_key)
-                except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake, BrokerError) as exc:
-                    logger.warning("real-time session %s to %s failed: %s; connecting again in %.1fs",
-                                   self.name, self.url, exc.__class__.__name__ + (f" {exc}" if str(exc) else ""),
-                                   delay)
+                except (
+                    OSError,
+                    websockets.ConnectionClosed,
+                    websockets.InvalidHandshake,
+                    BrokerError,
+                ) as exc:
+                    logger.warning(
+                        "real-time session %s to %s failed: %s; connecting again in %.1fs",
+                        self.name,
+                        self.url,
+                        exc.__class__.__name__ + (f" {exc}" if str(exc) else ""),
+                        delay,
+                    )
                 finally:
                     self.active.clear()
                     self._sent.clear()
@@ -470,5 +485,11 @@ class RealtimeSession:
         elif ack.msg_cd == ACK_APP_KEY_IN_USE:
             raise SessionRefused(f"{ack.msg_cd} {ack.msg1}")
         elif not ack.ok:
-            logger.error("real-time session %s: %s %s refused: %s %s",
-                         self.name, ack.tr_id, ack.tr_key, ack.msg_cd, ack.msg1)
+            logger.error(
+                "real-time session %s: %s %s refused: %s %s",
+                self.name,
+                ack.tr_id,
+                ack.tr_key,
+                ack.msg_cd,
+                ack.msg1,
+            )

@@ -19,7 +19,8 @@ Control API (JSON), for tests and the demo:
     POST /_fake/realtime         {"ping_interval": seconds}
     POST /_fake/realtime/drop    close every session, as a network failure would: {"dropped": n}
     POST /_fake/realtime/burst   {"stock_code", "trades", "seconds"}: that many trades of one code,
-                                 spread over that many seconds; answers the last price
+                                 spread over that many seconds; answers the last price and the
+                                 accumulated volume after it
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ def data_frame(tr_id: str, records: list[list[str]], *, key: str = "", iv: str =
     return f"0|{tr_id}|{len(records):03d}|{payload}"
 
 
-def ack(tr_id: str, tr_key: str, msg_cd: str, msg1: str, *, ok: bool = True, output: dict | None = None) -> str:
+def ack(
+    tr_id: str, tr_key: str, msg_cd: str, msg1: str, *, ok: bool = True, output: dict | None = None
+) -> str:
     body = {"rt_cd": "0" if ok else "1", "msg_cd": msg_cd, "msg1": msg1}
     if output:
         body["output"] = output
@@ -265,14 +268,18 @@ class RealtimeFeed:
     async def ping_all(self) -> None:
         while True:
             await asyncio.sleep(self.ping_interval)
-            message = json.dumps({"header": {"tr_id": PINGPONG, "datetime": now_kst().strftime("%Y%m%d%H%M%S")}})
+            message = json.dumps(
+                {"header": {"tr_id": PINGPONG, "datetime": now_kst().strftime("%Y%m%d%H%M%S")}}
+            )
             for session in list(self.sessions.values()):
                 session.post("control", message)
 
     # --- control API ------------------------------------------------------------------------
 
     async def get_control(self, request: web.Request) -> web.Response:
-        return answer({"ping_interval": self.ping_interval, "sessions": [s.view() for s in self.sessions.values()]})
+        return answer(
+            {"ping_interval": self.ping_interval, "sessions": [s.view() for s in self.sessions.values()]}
+        )
 
     async def post_control(self, request: web.Request) -> web.Response:
         body = await json_of(request)
@@ -306,9 +313,13 @@ class RealtimeFeed:
         for round_no in range(rounds):
             for _ in range(per_round + (round_no < extra)):
                 step = self.state.rng.choice((-1, 1)) * tick_size(stock.price)
-                self.state.set_price(stock.code, min(stock.upper_limit, max(stock.lower_limit, stock.price + step)))
+                self.state.set_price(
+                    stock.code, min(stock.upper_limit, max(stock.lower_limit, stock.price + step))
+                )
             await asyncio.sleep(seconds / rounds)
-        return answer({"stock_code": stock.code, "trades": trades, "last_price": stock.price})
+        return answer(
+            {"stock_code": stock.code, "trades": trades, "last_price": stock.price, "volume": stock.volume}
+        )
 
 
 def setup_realtime(app: web.Application, state: SimulatorState) -> None:
