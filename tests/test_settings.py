@@ -1,3 +1,5 @@
+import pytest
+from django.core.exceptions import ValidationError
 from django.db import connection
 
 from tests.fixtures.accounts import APP_KEY, APP_SECRET
@@ -17,3 +19,10 @@ def test_defaults_serve_one_machine(settings):
     assert settings.TIME_ZONE == "Asia/Seoul"
     assert settings.LANGUAGE_CODE == "ko"
     assert settings.WATCHLIST_SYNC_INTERVAL == 30
+
+
+def test_account_numbers_are_ascii_digits_without_trailing_newline(account):
+    for bad in ("5012345\n", "5012345６", "1234567", "123456789"):
+        account.account_number = bad
+        with pytest.raises(ValidationError):
+            account.full_clean()

@@ -15,10 +15,10 @@ class BrokerAccount(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="broker_accounts")
     display_name = models.CharField(max_length=100)
     account_number = models.CharField(
-        max_length=8, validators=[RegexValidator(r"^\d{8}$", "CANO is exactly 8 digits.")]
+        max_length=8, validators=[RegexValidator(r"\A[0-9]{8}\Z", "CANO is exactly 8 digits.")]
     )
     product_code = models.CharField(
-        max_length=2, default="01", validators=[RegexValidator(r"^\d{2}$", "Product code is exactly 2 digits.")]
+        max_length=2, default="01", validators=[RegexValidator(r"\A[0-9]{2}\Z", "Product code is exactly 2 digits.")]
     )
     environment = models.CharField(max_length=5, choices=Environment.choices, default=Environment.PAPER)
     base_url = models.URLField(help_text="KIS REST base URL (the local simulator in demo mode).")
