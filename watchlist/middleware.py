@@ -27,7 +27,6 @@ def token_from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-@database_sync_to_async
 def user_for_token(key: str):
     token = Token.objects.select_related("user").filter(key=key).first() if key else None
     if token is None or not token.user.is_active:
@@ -41,5 +40,7 @@ class TokenAuthMiddleware(BaseMiddleware):
         if key is None:
             scope = dict(scope, auth_method="session")
         else:
-            scope = dict(scope, user=await user_for_token(key), auth_method="token")
+            # One self-contained read: it may run in parallel with other handshakes' (consumers.py).
+            user = await database_sync_to_async(user_for_token, thread_sensitive=False)(key)
+            scope = dict(scope, user=user, auth_method="token")
         return await super().__call__(scope, receive, send)

@@ -1,0 +1,43 @@
+"""The consumer under a real Daphne (subprocess) with the real channels-redis layer, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from rest_framework.authtoken.models import Token
+from websockets.asyncio.client import connect
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STORM = 300  # more than redis-py's default pool of 100 connections, more than the 256 a user may hold
+TIMEOUT = 120
+
+
+@pytest.fixture(autouse=True)
+def clean_redis(redis_client):
+    """Groups of this Redis db start empty."""
+
+
+async def snapshot_over_a_new_socket(url: str, token: str, opened: list) -> dict:
+    socket = await connect(url, additional_headers={"Authorization": f"Token {token}"}, open_timeout=TIMEOUT)
+    opened.append(socket)
+    return json.loads(await socket.recv())
+
+
+async def test_300_sockets_of_one_user_connecting_at_once_all_get_their_snapshot(daphne_server, user, account):
+    token = (await database_sync_to_async(Token.objects.create)(user=user)).key
+    opened: list = []
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            snapshots = await asyncio.gather(
+                *(snapshot_over_a_new_socket(daphne_server.ws_url(), token, opened) for _ in range(STORM))
+            )
+    finally:
+        await asyncio.gather(*(socket.close() for socket in opened), return_exceptions=True)
+
+    assert len(snapshots) == STORM
+    assert all(s["type"] == "watchlist_snapshot" and s["account"]["id"] == account.id for s in snapshots)
+    assert "MaxConnectionsError" not in daphne_server.log_tail(200)
