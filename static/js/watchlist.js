@@ -158,6 +158,17 @@ function syncStatusText(sync, nowSeconds) {
   return `마지막 동기화 ${agoKo(sync.last_success_at, nowSeconds)}`;
 }
 
+/**
+ * Whether a visible page should ask for a snapshot to refresh its sync line. The server pushes
+ * sync_status only when an attempt fails or the status changes, so an "ok" line hears of later
+ * successful syncs from a snapshot alone: ask once the next sync is overdue, at most every 30 s.
+ */
+function syncLooksStale(sync, nowSeconds, lastAskedAt, { graceSeconds = 15, minIntervalSeconds = 30 } = {}) {
+  if (sync.status !== "ok" || !sync.next_attempt_at) return false;
+  if (nowSeconds < sync.next_attempt_at + graceSeconds) return false;
+  return lastAskedAt === null || nowSeconds - lastAskedAt >= minIntervalSeconds;
+}
+
 /** What to say instead of an empty table: never "no holdings" before the account was read once. */
 function listStateText(itemCount, sync) {
   if (itemCount > 0) return "";
@@ -185,7 +196,8 @@ function createConnection({
   WebSocketImpl,
   onMessage = notifyListeners,
   onState = () => {},
-  timers = { setTimeout, clearTimeout },
+  // Wrapped: a browser's setTimeout called as a method of another object throws "Illegal invocation".
+  timers = { setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (id) => clearTimeout(id) },
   random = Math.random,
   pingIntervalMs = 20000,
   pongDeadlineMs = 10000,
@@ -297,7 +309,7 @@ if (typeof module !== "undefined" && module.exports) {
     WS_MESSAGE_TYPES, CLOSE_UNAUTHENTICATED, CLOSE_FORBIDDEN,
     addListener, notifyListeners, classifyVersion, insertionIndex, planChanges, sameCodes, backoffDelay,
     formatGrouped, formatKrw, formatSignedKrw, formatSignedRate, direction, formatChange, clockKst, agoKo,
-    syncStatusText, listStateText, valuation, createConnection,
+    syncStatusText, syncLooksStale, listStateText, valuation, createConnection,
   };
 }
 
@@ -316,7 +328,7 @@ function startWatchlistPage(doc, win) {
   const syncLine = doc.getElementById("sync-status");
   const indicator = doc.getElementById("connection");
   const ticks = new Map(); // stock code -> last price_update, re-applied to re-rendered rows
-  const state = { version: initial.version, sync: initial.sync, awaitingSnapshot: false };
+  const state = { version: initial.version, sync: initial.sync, awaitingSnapshot: false, syncAskedAt: null };
 
   const rowOf = (code) => tbody.querySelector(`tr[data-code="${code}"]`);
   const codesOnScreen = () => Array.from(tbody.querySelectorAll("tr[data-code]"), (row) => row.dataset.code);
@@ -419,7 +431,14 @@ function startWatchlistPage(doc, win) {
     resync();
   });
   win.addEventListener("online", () => connection.wake());
-  win.setInterval(renderSync, 5000);
+  win.setInterval(() => {
+    const now = Date.now() / 1000;
+    if (doc.visibilityState === "visible" && syncLooksStale(state.sync, now, state.syncAskedAt)) {
+      state.syncAskedAt = now;
+      resync();
+    }
+    renderSync();
+  }, 5000);
   connection.start();
 }
 

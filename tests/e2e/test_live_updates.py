@@ -23,13 +23,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TIMEOUT = 60
 
 
-@pytest.fixture
-def live(sim_account, simulator, celery_worker_process, daphne_server):
-    """The whole stack, the user's simulator account starting with no holdings."""
-    simulator.set_holdings(DEMO_CANO, [])
-    return daphne_server
-
-
 def token_for(user) -> str:
     return Token.objects.get_or_create(user=user)[0].key
 

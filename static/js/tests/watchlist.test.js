@@ -133,6 +133,16 @@ test("sync line: never, ok with a relative time, failing keeps the list as of th
   assert.match(wl.syncStatusText({ status: "failing", last_success_at: null, consecutive_failures: 1 }, now), /아직 확인하지 못했습니다/);
 });
 
+test("an ok sync line asks for a snapshot once the next sync is overdue, at most every 30 s", () => {
+  const sync = { status: "ok", last_success_at: 1000, next_attempt_at: 1030, consecutive_failures: 0 };
+  assert.equal(wl.syncLooksStale(sync, 1040, null), false, "within the grace period");
+  assert.equal(wl.syncLooksStale(sync, 1046, null), true);
+  assert.equal(wl.syncLooksStale(sync, 1060, 1046), false, "asked 14 s ago");
+  assert.equal(wl.syncLooksStale(sync, 1076, 1046), true);
+  assert.equal(wl.syncLooksStale({ ...sync, status: "failing" }, 2000, null), false, "failures are pushed");
+  assert.equal(wl.syncLooksStale({ ...sync, status: "never", next_attempt_at: null }, 2000, null), false);
+});
+
 test("an empty list before the first sync is unknown, after it is empty", () => {
   assert.equal(wl.listStateText(0, { last_success_at: null }), "보유 종목을 아직 확인하지 못했습니다");
   assert.equal(wl.listStateText(0, { last_success_at: 1764000000 }), "보유 종목이 없습니다");

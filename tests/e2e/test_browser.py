@@ -1,0 +1,157 @@
+"""The page in Debian's Chromium (Playwright, never `playwright install`) against the whole stack.
+
+Screenshots go to test-artifacts/ (gitignored)."""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.conf import settings
+from django.db import connections
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.fixtures.simulator import DEMO_CANO
+from watchlist import events
+from watchlist.models import Watchlist
+from watchlist.selectors import watchlist_snapshot
+from watchlist.tasks import sync_account
+from watchlist.templatetags.watchlist_format import signed_krw
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ARTIFACTS = settings.BASE_DIR / "test-artifacts"
+LIVE_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page_errors():
+    """Script errors of every page a test opens; none is expected."""
+    errors: list[str] = []
+    yield errors
+    assert errors == []
+
+
+def signed_in_page(browser: Browser, server, errors: list[str]) -> Page:
+    """A browser of its own (a new context), signed in through the login form, its socket open."""
+    page = browser.new_context(locale="ko-KR", viewport={"width": 1280, "height": 860}).new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{server.url}/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
+    page.fill('input[name="username"]', "trader")
+    page.fill('input[name="password"]', "trader-pass-123")
+    screenshot(page, "login")
+    page.click('button[type="submit"]')
+    expect(page).to_have_url(f"{server.url}/")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open", timeout=LIVE_TIMEOUT_MS)
+    # Survives only as long as the document: proves that later updates came without a reload.
+    page.evaluate("window.loadedOnce = true")
+    return page
+
+
+def order(page: Page, side: str, code: str, qty: int) -> None:
+    form = page.locator(f'form[data-side="{side}"]')
+    form.locator('input[name="stock_code"]').fill(code)
+    form.locator('input[name="qty"]').fill(str(qty))
+    form.locator('button[type="submit"]').click()
+    expect(page.locator("#order-message")).to_have_class(re.compile("is-success"), timeout=LIVE_TIMEOUT_MS)
+
+
+def codes_on(page: Page) -> list[str]:
+    return page.locator("#watchlist-rows tr").evaluate_all("rows => rows.map(row => row.dataset.code)")
+
+
+def in_thread(function, *args):
+    """Run database code off this thread: Playwright's sync API keeps an event loop running here, and
+    Django refuses ORM calls next to one."""
+
+    def run():
+        try:
+            return function(*args)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(run).result()
+
+
+def screenshot(page: Page, name: str) -> None:
+    expect(page.locator("tr.flash")).to_have_count(0)  # the page at rest, not mid-highlight
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_a_buy_in_one_page_appears_in_another_and_a_full_sell_removes_it(live, browser, page_errors, sim_account):
+    trader = signed_in_page(browser, live, page_errors)
+    watcher = signed_in_page(browser, live, page_errors)
+    expect(watcher.locator("#list-state")).to_have_text("보유 종목을 아직 확인하지 못했습니다")  # never synced
+    screenshot(watcher, "watchlist-never-synced")
+
+    order(trader, "buy", "005930", 5)
+
+    row = watcher.locator('#watchlist-rows tr[data-code="005930"]')
+    expect(row).to_be_visible(timeout=LIVE_TIMEOUT_MS)
+    expect(row.locator("td.code")).to_have_text("005930")
+    expect(row.locator(".pending-mark")).to_have_count(0, timeout=LIVE_TIMEOUT_MS)  # confirmed by the sync
+    expect(row.locator("td").nth(2)).to_have_text("5")
+    expect(watcher.locator("#list-state")).to_be_hidden()
+    screenshot(trader, "watchlist-after-buy-trader")
+
+    [held] = in_thread(watchlist_snapshot, sim_account)["full_list"]
+    in_thread(events.send_price_update, sim_account.id, events.price_update_message("005930", 80_000, 1_200, 1.52, 9))
+    expect(row.locator('[data-field="current_price"]')).to_have_text("80,000원", timeout=LIVE_TIMEOUT_MS)
+    expect(row.locator('[data-field="change"]')).to_have_text("▲1,200 (+1.52%)")
+    expect(row.locator('[data-field="eval_amount"]')).to_have_text("400,000원")
+    expect(row.locator('[data-field="pnl"]')).to_have_text(signed_krw(round(400_000 - held["avg_price"] * 5)))
+    expect(row.locator('[data-field="pnl"]')).to_have_class(re.compile("rise"))
+    screenshot(watcher, "watchlist-after-buy-and-price-update-watcher")
+
+    order(trader, "sell", "005930", 5)
+
+    expect(row).to_have_count(0, timeout=LIVE_TIMEOUT_MS)
+    expect(watcher.locator("#list-state")).to_have_text("보유 종목이 없습니다")
+    screenshot(watcher, "watchlist-after-full-sell")
+    assert watcher.evaluate("window.loadedOnce") is True, "the second page was never reloaded"
+
+
+def test_after_the_server_restarts_the_page_reconnects_and_shows_the_right_list(
+    live, browser, page_errors, simulator, sim_account
+):
+    page = signed_in_page(browser, live, page_errors)
+    indicator = page.locator("#connection")
+
+    live.stop()
+    expect(indicator).to_have_attribute("data-state", re.compile("waiting|connecting"), timeout=LIVE_TIMEOUT_MS)
+    screenshot(page, "watchlist-server-down")
+    # While the server is down the account changes; the worker syncs and broadcasts to nobody.
+    simulator.set_holdings(DEMO_CANO, [{"stock_code": "035420", "quantity": 3, "avg_price": 210_000},
+                                       {"stock_code": "005930", "quantity": 7, "avg_price": 71_000}])
+    sync_account.delay(sim_account.id)
+    deadline = time.monotonic() + LIVE_TIMEOUT_MS / 1000
+    while in_thread(lambda: Watchlist.objects.get(account=sim_account).version) < 1:
+        assert time.monotonic() < deadline, "the worker did not sync the account"
+        time.sleep(0.1)
+    live.start()
+
+    expect(indicator).to_have_attribute("data-state", "open", timeout=LIVE_TIMEOUT_MS)
+    expected = [item["stock_code"] for item in in_thread(watchlist_snapshot, sim_account)["full_list"]]
+    assert expected == ["005930", "035420"]
+    expect(page.locator("#watchlist-rows tr")).to_have_count(2, timeout=LIVE_TIMEOUT_MS)
+    assert codes_on(page) == expected
+    expect(page.locator("#sync-status")).to_contain_text("마지막 동기화")
+    assert page.evaluate("window.loadedOnce") is True, "reconnected by itself, without a reload"
+    screenshot(page, "watchlist-after-restart")
