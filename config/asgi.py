@@ -6,11 +6,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
 
 # Imported once Django is set up: they load models.
-from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ProtocolTypeRouter, URLRouter
 
-from watchlist.middleware import TokenAuthMiddleware  # noqa: E402
-from watchlist.routing import websocket_urlpatterns  # noqa: E402
+from watchlist.middleware import TokenAuthMiddleware
+from watchlist.routing import websocket_urlpatterns
 
 application = ProtocolTypeRouter(
     {

@@ -72,12 +72,16 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         if not user.is_authenticated:
             return await self.refuse(CLOSE_UNAUTHENTICATED, "not authenticated")
         if self.scope.get("auth_method") != "token" and not origin_allowed(self.scope["headers"]):
-            return await self.refuse(CLOSE_FORBIDDEN, f"session socket of user={user.pk} from a foreign Origin")
+            return await self.refuse(
+                CLOSE_FORBIDDEN, f"session socket of user={user.pk} from a foreign Origin"
+            )
 
         params = parse_qs(self.scope["query_string"].decode("latin-1"), keep_blank_values=True)
         self.render_html = params.get("render") == ["html"]
         requested = params.get("account", [None])[0]
-        self.account = await database_sync_to_async(requested_account, thread_sensitive=False)(user, requested)
+        self.account = await database_sync_to_async(requested_account, thread_sensitive=False)(
+            user, requested
+        )
         if self.account is None:
             return await self.refuse(CLOSE_FORBIDDEN, f"user={user.pk} asked for account={requested!r}")
 
@@ -132,7 +136,10 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         message = event["message"]
         if self.render_html:
             changes = message["changes"]
-            message = {**message, "rows_html": rows_html(message["full_list"], changes["added"] + changes["updated"])}
+            message = {
+                **message,
+                "rows_html": rows_html(message["full_list"], changes["added"] + changes["updated"]),
+            }
         await self.send_json(message)
 
     async def sync_status(self, event: dict) -> None:

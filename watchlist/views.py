@@ -30,8 +30,12 @@ def watchlist_page(request: HttpRequest) -> HttpResponse:
     account = requested_account(request.user, request.GET.get("account"))
     if account is None:
         raise Http404("No such account.")
-    return render(request, "watchlist/page.html", {
-        "accounts": accounts,
-        "account": account,
-        "snapshot": watchlist_snapshot(account),
-    })
+    return render(
+        request,
+        "watchlist/page.html",
+        {
+            "accounts": accounts,
+            "account": account,
+            "snapshot": watchlist_snapshot(account),
+        },
+    )

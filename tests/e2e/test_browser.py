@@ -15,7 +15,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.fixtures.simulator import DEMO_CANO
 from watchlist import events
-from watchlist.models import Watchlist
+from watchlist.models import Watchlist, WatchlistItem
 from watchlist.selectors import watchlist_snapshot
 from watchlist.tasks import sync_account
 from watchlist.templatetags.watchlist_format import signed_krw
@@ -63,12 +63,15 @@ def signed_in_page(browser: Browser, server, errors: list[str]) -> Page:
     return page
 
 
-def order(page: Page, side: str, code: str, qty: int) -> None:
+def order(page: Page, side: str, code: str, qty: int, *, outcome: str = "is-success") -> str:
+    """Submit the page's buy or sell form; returns the message shown once the API answered."""
     form = page.locator(f'form[data-side="{side}"]')
     form.locator('input[name="stock_code"]').fill(code)
     form.locator('input[name="qty"]').fill(str(qty))
     form.locator('button[type="submit"]').click()
-    expect(page.locator("#order-message")).to_have_class(re.compile("is-success"), timeout=LIVE_TIMEOUT_MS)
+    message = page.locator("#order-message")
+    expect(message).to_have_class(re.compile(outcome), timeout=LIVE_TIMEOUT_MS)
+    return message.inner_text()
 
 
 def codes_on(page: Page) -> list[str]:
@@ -95,10 +98,14 @@ def screenshot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_a_buy_in_one_page_appears_in_another_and_a_full_sell_removes_it(live, browser, page_errors, sim_account):
+def test_a_buy_in_one_page_appears_in_another_and_a_full_sell_removes_it(
+    live, browser, page_errors, sim_account
+):
     trader = signed_in_page(browser, live, page_errors)
     watcher = signed_in_page(browser, live, page_errors)
-    expect(watcher.locator("#list-state")).to_have_text("보유 종목을 아직 확인하지 못했습니다")  # never synced
+    expect(watcher.locator("#list-state")).to_have_text(
+        "보유 종목을 아직 확인하지 못했습니다"
+    )  # never synced
     screenshot(watcher, "watchlist-never-synced")
 
     order(trader, "buy", "005930", 5)
@@ -112,7 +119,11 @@ def test_a_buy_in_one_page_appears_in_another_and_a_full_sell_removes_it(live, b
     screenshot(trader, "watchlist-after-buy-trader")
 
     [held] = in_thread(watchlist_snapshot, sim_account)["full_list"]
-    in_thread(events.send_price_update, sim_account.id, events.price_update_message("005930", 80_000, 1_200, 1.52, 9))
+    in_thread(
+        events.send_price_update,
+        sim_account.id,
+        events.price_update_message("005930", 80_000, 1_200, 1.52, 9),
+    )
     expect(row.locator('[data-field="current_price"]')).to_have_text("80,000원", timeout=LIVE_TIMEOUT_MS)
     expect(row.locator('[data-field="change"]')).to_have_text("▲1,200 (+1.52%)")
     expect(row.locator('[data-field="eval_amount"]')).to_have_text("400,000원")
@@ -120,6 +131,9 @@ def test_a_buy_in_one_page_appears_in_another_and_a_full_sell_removes_it(live, b
     expect(row.locator('[data-field="pnl"]')).to_have_class(re.compile("rise"))
     screenshot(watcher, "watchlist-after-buy-and-price-update-watcher")
 
+    refused = order(trader, "sell", "005930", 999, outcome="is-error")
+    assert refused.strip(), "the API's error message is shown"
+    screenshot(trader, "order-refused")
     order(trader, "sell", "005930", 5)
 
     expect(row).to_have_count(0, timeout=LIVE_TIMEOUT_MS)
@@ -135,11 +149,18 @@ def test_after_the_server_restarts_the_page_reconnects_and_shows_the_right_list(
     indicator = page.locator("#connection")
 
     live.stop()
-    expect(indicator).to_have_attribute("data-state", re.compile("waiting|connecting"), timeout=LIVE_TIMEOUT_MS)
+    expect(indicator).to_have_attribute(
+        "data-state", re.compile("waiting|connecting"), timeout=LIVE_TIMEOUT_MS
+    )
     screenshot(page, "watchlist-server-down")
     # While the server is down the account changes; the worker syncs and broadcasts to nobody.
-    simulator.set_holdings(DEMO_CANO, [{"stock_code": "035420", "quantity": 3, "avg_price": 210_000},
-                                       {"stock_code": "005930", "quantity": 7, "avg_price": 71_000}])
+    simulator.set_holdings(
+        DEMO_CANO,
+        [
+            {"stock_code": "035420", "quantity": 3, "avg_price": 210_000},
+            {"stock_code": "005930", "quantity": 7, "avg_price": 71_000},
+        ],
+    )
     sync_account.delay(sim_account.id)
     deadline = time.monotonic() + LIVE_TIMEOUT_MS / 1000
     while in_thread(lambda: Watchlist.objects.get(account=sim_account).version) < 1:
@@ -155,3 +176,36 @@ def test_after_the_server_restarts_the_page_reconnects_and_shows_the_right_list(
     expect(page.locator("#sync-status")).to_contain_text("마지막 동기화")
     assert page.evaluate("window.loadedOnce") is True, "reconnected by itself, without a reload"
     screenshot(page, "watchlist-after-restart")
+
+
+def test_a_missed_change_makes_the_page_redraw_from_a_snapshot(live, browser, page_errors, sim_account):
+    page = signed_in_page(browser, live, page_errors)
+    app = page.locator("#watchlist-app")
+    expect(app).to_have_attribute("data-version", "0")
+
+    def commit_changes_nobody_hears_of() -> dict:
+        watchlist = Watchlist.objects.get(account=sim_account)
+        for code, name in (("005380", "현대차"), ("000660", "SK하이닉스")):
+            WatchlistItem.objects.create(
+                watchlist=watchlist,
+                stock_code=code,
+                name=name,
+                quantity=2,
+                avg_price=100_000,
+                current_price=101_000,
+                eval_amount=202_000,
+                pnl=2_000,
+                pnl_rate=1.0,
+            )
+        Watchlist.objects.filter(pk=watchlist.pk).update(version=3)
+        return watchlist_snapshot(sim_account)
+
+    snapshot = in_thread(commit_changes_nobody_hears_of)
+    # Only the last change reaches the page: version 3 after 0, a gap.
+    last_change = events.watchlist_changed_message({"added": ["000660"]}, snapshot["full_list"], 3)
+    in_thread(events.send_watchlist_changed, sim_account.id, last_change)
+
+    expect(app).to_have_attribute("data-version", "3", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#watchlist-rows tr")).to_have_count(2)
+    assert codes_on(page) == ["000660", "005380"]
+    assert page.evaluate("window.loadedOnce") is True

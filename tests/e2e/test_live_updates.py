@@ -29,8 +29,9 @@ def token_for(user) -> str:
 
 async def open_socket(server, token: str) -> tuple[ClientConnection, dict]:
     """A token socket and the snapshot it gets first."""
-    socket = await connect(server.ws_url(), additional_headers={"Authorization": f"Token {token}"},
-                           open_timeout=TIMEOUT)
+    socket = await connect(
+        server.ws_url(), additional_headers={"Authorization": f"Token {token}"}, open_timeout=TIMEOUT
+    )
     snapshot = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
     assert snapshot["type"] == "watchlist_snapshot"
     return socket, snapshot
@@ -51,7 +52,9 @@ async def changes_until_confirmed(socket: ClientConnection, code: str) -> list[d
 
 async def wait_for_version(account, version: int) -> None:
     async with asyncio.timeout(TIMEOUT):
-        while await database_sync_to_async(lambda: Watchlist.objects.get(account=account).version)() < version:
+        while (
+            await database_sync_to_async(lambda: Watchlist.objects.get(account=account).version)() < version
+        ):
             await asyncio.sleep(0.1)
 
 
@@ -59,41 +62,57 @@ async def test_two_clients_of_a_user_get_the_same_change_and_another_user_nothin
     live, user, other_user, sim_account, make_account
 ):
     await database_sync_to_async(make_account)(other_user, cano="50999999")
-    mine, theirs = await database_sync_to_async(token_for)(user), await database_sync_to_async(token_for)(other_user)
-    (desktop, _), (laptop, _), (stranger, stranger_snapshot) = [await open_socket(live, t) for t in (mine, mine, theirs)]
+    mine, theirs = (
+        await database_sync_to_async(token_for)(user),
+        await database_sync_to_async(token_for)(other_user),
+    )
+    (desktop, _), (laptop, _), (stranger, stranger_snapshot) = [
+        await open_socket(live, t) for t in (mine, mine, theirs)
+    ]
 
     async with httpx.AsyncClient(base_url=live.url, timeout=TIMEOUT) as http:
-        answer = await http.post("/execute-buy/005930", json={"qty": 3}, headers={"Authorization": f"Token {mine}"})
+        answer = await http.post(
+            "/execute-buy/005930", json={"qty": 3}, headers={"Authorization": f"Token {mine}"}
+        )
     assert answer.status_code == 200, answer.text
-    on_desktop, on_laptop = await asyncio.gather(changes_until_confirmed(desktop, "005930"),
-                                                 changes_until_confirmed(laptop, "005930"))
+    on_desktop, on_laptop = await asyncio.gather(
+        changes_until_confirmed(desktop, "005930"), changes_until_confirmed(laptop, "005930")
+    )
 
     assert on_desktop == on_laptop
     first = on_desktop[0]
     assert first["changes"]["added"] == ["005930"] and first["version"] == answer.json()["watchlist_version"]
     assert [i["pending"] for i in first["full_list"] if i["stock_code"] == "005930"] == [True]
-    assert [m["version"] for m in on_desktop] == list(range(first["version"], first["version"] + len(on_desktop)))
+    assert [m["version"] for m in on_desktop] == list(
+        range(first["version"], first["version"] + len(on_desktop))
+    )
     final = await database_sync_to_async(watchlist_snapshot)(sim_account)
     assert on_desktop[-1]["full_list"] == final["full_list"]
 
     await stranger.send(json.dumps({"type": "ping"}))
-    assert json.loads(await asyncio.wait_for(stranger.recv(), TIMEOUT))["type"] == "pong", \
+    assert json.loads(await asyncio.wait_for(stranger.recv(), TIMEOUT))["type"] == "pong", (
         "nothing reached the other user's socket before the answer to its ping"
+    )
     assert stranger_snapshot["full_list"] == []
     for socket in (desktop, laptop, stranger):
         await socket.close()
 
 
-async def test_a_client_that_missed_two_changes_reconnects_to_the_list_in_the_database(live, simulator, user,
-                                                                                      sim_account):
+async def test_a_client_that_missed_two_changes_reconnects_to_the_list_in_the_database(
+    live, simulator, user, sim_account
+):
     token = await database_sync_to_async(token_for)(user)
     socket, snapshot = await open_socket(live, token)
     assert snapshot["version"] == 0
     await socket.close()
 
-    for holdings in ([{"stock_code": "005930", "quantity": 10, "avg_price": 70_000}],
-                     [{"stock_code": "005930", "quantity": 10, "avg_price": 70_000},
-                      {"stock_code": "000660", "quantity": 2, "avg_price": 180_000}]):
+    for holdings in (
+        [{"stock_code": "005930", "quantity": 10, "avg_price": 70_000}],
+        [
+            {"stock_code": "005930", "quantity": 10, "avg_price": 70_000},
+            {"stock_code": "000660", "quantity": 2, "avg_price": 180_000},
+        ],
+    ):
         simulator.set_holdings(DEMO_CANO, holdings)
         version = await database_sync_to_async(lambda: Watchlist.objects.get(account=sim_account).version)()
         sync_account.delay(sim_account.id)
@@ -105,4 +124,7 @@ async def test_a_client_that_missed_two_changes_reconnects_to_the_list_in_the_da
     in_database = await database_sync_to_async(watchlist_snapshot)(sim_account)
     assert snapshot["version"] == in_database["version"] == 2
     assert snapshot["full_list"] == in_database["full_list"]
-    assert [(i["stock_code"], i["quantity"]) for i in snapshot["full_list"]] == [("000660", 2), ("005930", 10)]
+    assert [(i["stock_code"], i["quantity"]) for i in snapshot["full_list"]] == [
+        ("000660", 2),
+        ("005930", 10),
+    ]

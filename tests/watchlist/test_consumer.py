@@ -39,7 +39,9 @@ async def socket_to():
     """Makes communicators on config.asgi.application; every one is disconnected at the end."""
     opened: list[WebsocketCommunicator] = []
 
-    def make(path: str = "/ws/watchlist/", headers: list[tuple[bytes, bytes]] | None = None) -> WebsocketCommunicator:
+    def make(
+        path: str = "/ws/watchlist/", headers: list[tuple[bytes, bytes]] | None = None
+    ) -> WebsocketCommunicator:
         communicator = WebsocketCommunicator(application, path, headers=headers or [])
         opened.append(communicator)
         return communicator
@@ -97,6 +99,7 @@ def without_timestamp(message: dict) -> dict:
 
 # --- connect and snapshot
 
+
 async def test_a_snapshot_comes_first_on_connect(user, account, broker, socket_to):
     await database_sync_to_async(sync)(account, broker, {"005930": (10, 71250.5), "000660": (3, 180_000.0)})
     headers = await database_sync_to_async(session_headers)(user)
@@ -118,12 +121,19 @@ async def test_account_parameter_picks_one_of_the_users_accounts(user, account, 
     second_snapshot = await connected(socket_to(f"/ws/watchlist/?account={second.id}", headers=headers))
 
     assert first_snapshot["account"]["id"] == account.id
-    assert second_snapshot["account"] == {"id": second.id, "name": second.display_name, "number": "50999999-01"}
+    assert second_snapshot["account"] == {
+        "id": second.id,
+        "name": second.display_name,
+        "number": "50999999-01",
+    }
 
 
 # --- group events
 
-async def test_a_committed_change_arrives_with_its_diff_full_list_and_version(user, account, broker, socket_to):
+
+async def test_a_committed_change_arrives_with_its_diff_full_list_and_version(
+    user, account, broker, socket_to
+):
     headers = await database_sync_to_async(session_headers)(user)
     socket = socket_to(headers=headers)
     assert (await connected(socket))["version"] == 0
@@ -139,18 +149,26 @@ async def test_a_committed_change_arrives_with_its_diff_full_list_and_version(us
     assert changed["changes"] == {"added": [], "removed": ["000660"], "updated": ["005930"]}
     final = await database_sync_to_async(watchlist_snapshot)(account)
     assert changed["full_list"] == final["full_list"]
-    assert [(i["stock_code"], i["quantity"], i["avg_price"]) for i in changed["full_list"]] == [("005930", 15, 70_500.0)]
+    assert [(i["stock_code"], i["quantity"], i["avg_price"]) for i in changed["full_list"]] == [
+        ("005930", 15, 70_500.0)
+    ]
     assert "rows_html" not in changed
 
 
 async def test_render_html_sockets_get_rows_from_the_row_template(user, account, broker, socket_to):
-    await database_sync_to_async(sync)(account, broker, {"000660": (3, 180_000.0)}, prices={"000660": 175_500})
+    await database_sync_to_async(sync)(
+        account, broker, {"000660": (3, 180_000.0)}, prices={"000660": 175_500}
+    )
     headers = await database_sync_to_async(session_headers)(user)
     socket = socket_to("/ws/watchlist/?render=html", headers=headers)
 
     snapshot = await connected(socket)
-    await database_sync_to_async(sync)(account, broker, {"000660": (3, 180_000.0), "005930": (10, 71250.5)},
-                                       prices={"000660": 175_500, "005930": 72_100})
+    await database_sync_to_async(sync)(
+        account,
+        broker,
+        {"000660": (3, 180_000.0), "005930": (10, 71250.5)},
+        prices={"000660": 175_500, "005930": 72_100},
+    )
     change = await socket.receive_json_from(timeout=TIMEOUT)
 
     assert set(snapshot["rows_html"]) == {"000660"}
@@ -168,8 +186,13 @@ async def test_sync_status_is_forwarded(user, account, socket_to):
     headers = await database_sync_to_async(token_headers)(user)
     socket = socket_to(headers=headers)
     await connected(socket)
-    sync_state = {"status": "failing", "last_success_at": 1764000000, "consecutive_failures": 2,
-                  "next_attempt_at": 1764000060, "last_error": "broker unreachable"}
+    sync_state = {
+        "status": "failing",
+        "last_success_at": 1764000000,
+        "consecutive_failures": 2,
+        "next_attempt_at": 1764000060,
+        "last_error": "broker unreachable",
+    }
 
     await database_sync_to_async(events.send_sync_status)(account.id, sync_state)
 
@@ -201,7 +224,9 @@ async def test_price_updates_never_reach_the_watchlist_handler(user, account, br
     assert len(forwarded_changes) == 1, "the spy does see watchlist changes"
 
 
-async def test_a_change_reaches_only_its_accounts_sockets(user, other_user, account, make_account, broker, socket_to):
+async def test_a_change_reaches_only_its_accounts_sockets(
+    user, other_user, account, make_account, broker, socket_to
+):
     other_account = await database_sync_to_async(make_account)(other_user, cano="50888888")
     mine = socket_to(headers=await database_sync_to_async(token_headers)(user))
     theirs = socket_to(headers=await database_sync_to_async(token_headers)(other_user))
@@ -216,6 +241,7 @@ async def test_a_change_reaches_only_its_accounts_sockets(user, other_user, acco
 
 
 # --- client messages
+
 
 async def ping(socket: WebsocketCommunicator) -> dict:
     await socket.send_json_to({"type": "ping"})
@@ -237,7 +263,15 @@ async def test_ping_resync_and_garbage(user, account, broker, socket_to):
     assert snapshot["type"] == "watchlist_snapshot" and snapshot["version"] == 1
     assert set(snapshot["rows_html"]) == {"005930"}
 
-    for garbage in ["not json", "[1, 2]", '"ping"', "null", '{"type": "hello"}', '{"kind": "ping"}', '{"type": 5}']:
+    for garbage in [
+        "not json",
+        "[1, 2]",
+        '"ping"',
+        "null",
+        '{"type": "hello"}',
+        '{"kind": "ping"}',
+        '{"type": 5}',
+    ]:
         await socket.send_to(text_data=garbage)
         error = await socket.receive_json_from(timeout=TIMEOUT)
         assert error["type"] == "error" and error["message"], garbage
@@ -249,17 +283,22 @@ async def test_ping_resync_and_garbage(user, account, broker, socket_to):
 
 # --- who may connect
 
+
 async def test_anonymous_sockets_are_refused_with_4401(socket_to):
     assert await refusal_code(socket_to(headers=[(b"origin", SAME_SITE)])) == 4401
 
 
 async def test_a_bad_token_is_refused_with_4401_even_with_a_session(user, socket_to):
     headers = await database_sync_to_async(session_headers)(user)
-    assert await refusal_code(socket_to(headers=[*headers, (b"authorization", b"Token not-a-real-token")])) == 4401
+    assert (
+        await refusal_code(socket_to(headers=[*headers, (b"authorization", b"Token not-a-real-token")]))
+        == 4401
+    )
 
 
-async def test_another_users_or_an_unknown_account_is_refused_with_4403(user, other_user, account, make_account,
-                                                                        socket_to):
+async def test_another_users_or_an_unknown_account_is_refused_with_4403(
+    user, other_user, account, make_account, socket_to
+):
     theirs = await database_sync_to_async(make_account)(other_user, cano="50777777")
     headers = await database_sync_to_async(token_headers)(user)
     for query in [f"account={theirs.id}", "account=987654321", "account=abc", "account=", "account=-1"]:
@@ -283,6 +322,7 @@ async def test_a_token_socket_needs_no_origin(user, account, socket_to):
 
 # --- the redis-py 8 socket_timeout trap
 
+
 async def test_a_socket_idle_for_30_s_still_receives_a_change(user, account, broker, socket_to):
     socket = socket_to(headers=await database_sync_to_async(token_headers)(user))
     await connected(socket)
@@ -295,6 +335,7 @@ async def test_a_socket_idle_for_30_s_still_receives_a_change(user, account, bro
 
 
 # --- the Python 3.11 wait_for trap (config/settings.py, CHANNEL_LAYERS socket_timeout)
+
 
 async def test_sockets_closed_right_after_connecting_end_cleanly(user, account):
     """A consumer whose socket closes while its channel-layer receive is mid-send must stop: with a

@@ -27,7 +27,9 @@ async def snapshot_over_a_new_socket(url: str, token: str, opened: list) -> dict
     return json.loads(await socket.recv())
 
 
-async def test_300_sockets_of_one_user_connecting_at_once_all_get_their_snapshot(daphne_server, user, account):
+async def test_300_sockets_of_one_user_connecting_at_once_all_get_their_snapshot(
+    daphne_server, user, account
+):
     token = (await database_sync_to_async(Token.objects.create)(user=user)).key
     opened: list = []
     try:

@@ -68,7 +68,11 @@ def test_a_wrong_password_says_so(client, user):
 
 
 def test_the_table_is_rendered_from_the_current_state_one_row_per_item(signed_in, account):
-    synced(account, {"005930": (10, 71250.5), "000660": (3, 180_000.0)}, prices={"005930": 72_100, "000660": 175_500})
+    synced(
+        account,
+        {"005930": (10, 71250.5), "000660": (3, 180_000.0)},
+        prices={"005930": 72_100, "000660": 175_500},
+    )
 
     html = signed_in.get("/").content.decode()
 
@@ -80,8 +84,11 @@ def test_the_table_is_rendered_from_the_current_state_one_row_per_item(signed_in
     assert "+8,495원" in html and "+1.19%" in html and "-13,500원" in html
     assert 'class="num rise"' in html and 'class="num fall"' in html
     assert "마지막 동기화" in html
-    snapshot = json.loads(re.search(r'<script id="watchlist-snapshot" type="application/json">(.*?)</script>',
-                                    html, re.S).group(1))
+    snapshot = json.loads(
+        re.search(
+            r'<script id="watchlist-snapshot" type="application/json">(.*?)</script>', html, re.DOTALL
+        ).group(1)
+    )
     assert snapshot["version"] == 1 and snapshot["account"]["id"] == account.id
     assert 'src="/static/js/watchlist.js"' in html and "/static/css/watchlist.css" in html
     assert "csrftoken" in signed_in.cookies
@@ -89,8 +96,18 @@ def test_the_table_is_rendered_from_the_current_state_one_row_per_item(signed_in
 
 def test_pending_items_are_marked(signed_in, account):
     watchlist = Watchlist.objects.create(account=account, version=1)
-    WatchlistItem.objects.create(watchlist=watchlist, stock_code="035420", name="NAVER", quantity=2, avg_price=200_000,
-                                 current_price=200_000, eval_amount=400_000, pnl=0, pnl_rate=0.0, pending=True)
+    WatchlistItem.objects.create(
+        watchlist=watchlist,
+        stock_code="035420",
+        name="NAVER",
+        quantity=2,
+        avg_price=200_000,
+        current_price=200_000,
+        eval_amount=400_000,
+        pnl=0,
+        pnl_rate=0.0,
+        pending=True,
+    )
 
     html = signed_in.get("/").content.decode()
 
@@ -118,8 +135,9 @@ def test_after_a_sync_an_empty_account_holds_nothing(signed_in, account):
 def test_a_failing_sync_keeps_the_last_list_as_of_its_time(signed_in, account):
     synced(account, {"005930": 10})
     last_success = timezone.now() - timedelta(minutes=3)
-    SyncState.objects.filter(account=account).update(last_success_at=last_success, consecutive_failures=2,
-                                                     last_error="broker unreachable")
+    SyncState.objects.filter(account=account).update(
+        last_success_at=last_success, consecutive_failures=2, last_error="broker unreachable"
+    )
 
     html = signed_in.get("/").content.decode()
 
@@ -129,8 +147,9 @@ def test_a_failing_sync_keeps_the_last_list_as_of_its_time(signed_in, account):
     assert "sync--failing" in html
 
 
-def test_several_accounts_get_a_picker_and_a_foreign_account_is_not_found(signed_in, user, other_user, account,
-                                                                         make_account):
+def test_several_accounts_get_a_picker_and_a_foreign_account_is_not_found(
+    signed_in, user, other_user, account, make_account
+):
     second = make_account(user, cano="50999999", display_name="연금 계좌")
     theirs = make_account(other_user, cano="50888888")
 
@@ -164,4 +183,6 @@ def test_sync_line_says_how_long_ago_the_last_sync_was():
     ok = {"status": "ok", "last_success_at": now, "consecutive_failures": 0}
     assert watchlist_format.sync_status_text(ok).startswith("마지막 동기화 ")
     never = {"status": "never", "last_success_at": None, "consecutive_failures": 0}
-    assert watchlist_format.sync_status_text(never) == "보유 종목을 아직 확인하지 못했습니다 (첫 동기화 대기 중)"
+    assert (
+        watchlist_format.sync_status_text(never) == "보유 종목을 아직 확인하지 못했습니다 (첫 동기화 대기 중)"
+    )

@@ -79,8 +79,10 @@ def sync_status_text(sync: dict) -> str:
         failures = sync["consecutive_failures"]
         if not sync["last_success_at"]:
             return f"계좌에 연결할 수 없습니다 ({failures}회 실패) — 보유 종목을 아직 확인하지 못했습니다"
-        return (f"계좌에 연결할 수 없습니다 ({failures}회 실패) — "
-                f"{clock(sync['last_success_at'])} 기준 목록입니다")
+        return (
+            f"계좌에 연결할 수 없습니다 ({failures}회 실패) — "
+            f"{clock(sync['last_success_at'])} 기준 목록입니다"
+        )
     return f"마지막 동기화 {ago(sync['last_success_at'])}"
 
 
@@ -89,4 +91,8 @@ def list_state_text(snapshot: dict) -> str:
     """What to say instead of an empty table: never "no holdings" before the account was read once."""
     if snapshot["full_list"]:
         return ""
-    return "보유 종목이 없습니다" if snapshot["sync"]["last_success_at"] else "보유 종목을 아직 확인하지 못했습니다"
+    return (
+        "보유 종목이 없습니다"
+        if snapshot["sync"]["last_success_at"]
+        else "보유 종목을 아직 확인하지 못했습니다"
+    )
