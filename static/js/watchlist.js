@@ -375,7 +375,8 @@ function startWatchlistPage(doc, win) {
     if (verdict === "stale") return;
     if (verdict === "gap") return resync();
     const { codes, ops } = planChanges(codesOnScreen(), message.changes);
-    if (!sameCodes(codes, message.full_list.map((item) => item.stock_code))) return resync();
+    const rendered = ops.every(({ op, code }) => op === "remove" || code in message.rows_html);
+    if (!rendered || !sameCodes(codes, message.full_list.map((item) => item.stock_code))) return resync();
     for (const { op, code, before } of ops) {
       if (op === "remove") {
         rowOf(code).remove();
