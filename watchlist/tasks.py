@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.conf import settings
 from django.db import transaction
 
 from trading.brokers.base import BrokerError
@@ -36,7 +37,9 @@ def sync_account(account_id: int) -> None:
 def dispatch_due_syncs() -> int:
     account_ids = claim_due_syncs()
     for account_id in account_ids:
-        sync_account.delay(account_id)
+        # A task not started within the lease is dropped unrun: its account is queued again by then,
+        # so a backlog never holds two live syncs of one account.
+        sync_account.apply_async((account_id,), expires=settings.WATCHLIST_SYNC_INTERVAL)
     if account_ids:
         logger.info("queued %d account syncs", len(account_ids))
     return len(account_ids)
