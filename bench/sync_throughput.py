@@ -51,12 +51,13 @@ TARGET_MAX_LATE = 5.0
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, default=2000)
     parser.add_argument("--positions", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
-    parser.add_argument("--pool", default="threads", help="Celery pool of each worker process (threads, solo)")
-    parser.add_argument("--concurrency", type=int, default=4, help="threads per worker process (--pool threads)")
+    parser.add_argument("--pool", default="threads", help="each worker process's Celery pool (threads, solo)")
+    parser.add_argument("--concurrency", type=int, default=4, help="threads per worker process")
     parser.add_argument("--duration", type=float, default=90,
                         help="seconds of steady state measured, after the first round and one more interval")
     parser.add_argument("--interval", type=int, default=30, help="WATCHLIST_SYNC_INTERVAL, seconds")
@@ -78,14 +79,14 @@ def create_database(admin_url: str) -> str:
 def holdings_of(account_number: int, positions: int) -> list[dict]:
     rng = random.Random(account_number)
     codes = rng.sample(range(100_000, 100_000 + STOCK_UNIVERSE), positions)
-    return [{"stock_code": f"{code:06d}", "quantity": rng.randint(1, 500), "avg_price": rng.randint(1, 3000) * 100}
-            for code in codes]
+    return [{"stock_code": f"{code:06d}", "quantity": rng.randint(1, 500),
+             "avg_price": rng.randint(1, 3000) * 100} for code in codes]
 
 
 def seed(simulator: SimulatorHandle, accounts: int, positions: int) -> None:
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda n: simulator.set_holdings(str(FIRST_CANO + n), holdings_of(FIRST_CANO + n, positions)),
-                      range(accounts)))
+        canos = [FIRST_CANO + n for n in range(accounts)]
+        list(pool.map(lambda cano: simulator.set_holdings(str(cano), holdings_of(cano, positions)), canos))
 
 
 def create_accounts(count: int, simulator_url: str) -> None:
@@ -139,7 +140,8 @@ class SyncObserver:
         deadline = time.time() + timeout
         while len(self.last_success) < accounts:
             if time.time() > deadline:
-                raise RuntimeError(f"only {len(self.last_success)} of {accounts} accounts synced in {timeout:g} s")
+                synced = len(self.last_success)
+                raise RuntimeError(f"only {synced} of {accounts} accounts synced in {timeout:g} s")
             time.sleep(SAMPLE_EVERY)
         return max(success.timestamp() for success in list(self.last_success.values()))
 
@@ -272,7 +274,7 @@ def main() -> None:
     simulator = start_simulator(workdir / "simulator.log")
     try:
         call_command("migrate", verbosity=0)
-        print(f"seeding {args.accounts} accounts of {args.positions} positions on the simulator ...", flush=True)
+        print(f"seeding {args.accounts} accounts of {args.positions} positions ...", flush=True)
         seed(simulator, args.accounts, args.positions)
         create_accounts(args.accounts, simulator.url)
 
@@ -293,7 +295,7 @@ def main() -> None:
         processes.append(beat.start())
         first_round = observer.wait_for_first_round(args.accounts, timeout=20 * args.interval) - cold_start
         first_round_cpu = meter.stop()
-        print(f"settling for one interval, then measuring {args.duration:g} s of steady state ...", flush=True)
+        print(f"one more interval to settle, then {args.duration:g} s of steady state ...", flush=True)
         time.sleep(args.interval)
         meter.start()
         window = (time.time(), time.time() + args.duration)
@@ -312,9 +314,9 @@ def main() -> None:
         simulator.close()
         redis_server.stop()
 
-    report(args, baseline=baseline, first_round=first_round, first_round_cpu=first_round_cpu, observer=observer,
-           window=window, steady_cpu=steady_cpu, queries=(queries_unchanged, queries_repriced), diff=diff,
-           workdir=workdir)
+    report(args, baseline=baseline, first_round=first_round, first_round_cpu=first_round_cpu,
+           observer=observer, window=window, steady_cpu=steady_cpu,
+           queries=(queries_unchanged, queries_repriced), diff=diff, workdir=workdir)
 
 
 def cpu_per_sync(cpu: dict[str, float], syncs: int) -> dict[str, float]:
@@ -322,12 +324,14 @@ def cpu_per_sync(cpu: dict[str, float], syncs: int) -> dict[str, float]:
             if not name.startswith("machine")}
 
 
-def report(args, *, baseline: float, first_round: float, first_round_cpu: dict[str, float], observer: SyncObserver,
-           window: tuple[float, float], steady_cpu: dict[str, float], queries: tuple[int, int],
-           diff: dict[str, float], workdir: Path) -> None:
+def report(args, *, baseline: float, first_round: float, first_round_cpu: dict[str, float],
+           observer: SyncObserver, window: tuple[float, float], steady_cpu: dict[str, float],
+           queries: tuple[int, int], diff: dict[str, float], workdir: Path) -> None:
     begin, end = window
-    in_window = [(when.timestamp(), previous) for _, when, previous in observer.syncs if begin <= when.timestamp() < end]
-    late = [when - (previous.timestamp() + args.interval) for when, previous in in_window if previous is not None]
+    in_window = [(when.timestamp(), previous) for _, when, previous in observer.syncs
+                 if begin <= when.timestamp() < end]
+    late = [when - (previous.timestamp() + args.interval) for when, previous in in_window
+            if previous is not None]
     # An account still waiting at the end of the window is as late as that, at least.
     late += [late_by for late_by in (end - (success.timestamp() + args.interval)
                                      for success in observer.last_success.values()) if late_by > 0]
@@ -364,27 +368,29 @@ def report(args, *, baseline: float, first_round: float, first_round_cpu: dict[s
     def per_process(cpu: dict[str, float]) -> str:
         return ", ".join(f"{name} {ms}" for name, ms in cpu.items()) + " ms"
 
+    r = results
     rows = [
-        ("baseline: adapter balance reads, 1 thread", f"{results['baseline_adapter_reads_per_s']} /s"),
-        ("first round: all due at once, drained in", f"{results['first_round_s']} s = "
-                                                     f"{results['first_round_syncs_per_s_per_worker']} syncs/s/worker "
-                                                     f"= {results['first_round_ratio_to_baseline']} x baseline"),
-        ("first round: CPU per sync", per_process(results["first_round_cpu_ms_per_sync"])),
-        ("steady: needed to keep up", f"{results['needed_syncs_per_s_per_worker']} syncs/s/worker"),
-        ("steady: measured", f"{len(in_window)} syncs in {args.duration:g} s = {results['steady_syncs_per_s_per_worker']}"
-                             f" syncs/s/worker = {results['steady_ratio_to_baseline']} x baseline"),
-        ("steady: late past due, p50 / p99 / max", f"{results['late_s_p50']} / {results['late_s_p99']} / "
-                                                   f"{results['late_s_max']} s (target: max {TARGET_MAX_LATE:g} s)"),
-        ("steady: CPU per sync", per_process(results["steady_cpu_ms_per_sync"])),
-        ("steady: machine CPU busy (all cores)", f"{results['steady_machine_busy_share']:.0%}"),
+        ("baseline: adapter balance reads, 1 thread", f"{r['baseline_adapter_reads_per_s']} /s"),
+        ("first round: all due at once, drained in",
+         f"{r['first_round_s']} s = {r['first_round_syncs_per_s_per_worker']} syncs/s/worker "
+         f"= {r['first_round_ratio_to_baseline']} x baseline"),
+        ("first round: CPU per sync", per_process(r["first_round_cpu_ms_per_sync"])),
+        ("steady: needed to keep up", f"{r['needed_syncs_per_s_per_worker']} syncs/s/worker"),
+        ("steady: measured", f"{len(in_window)} syncs in {args.duration:g} s = "
+                             f"{r['steady_syncs_per_s_per_worker']} syncs/s/worker = "
+                             f"{r['steady_ratio_to_baseline']} x baseline"),
+        ("steady: late past due, p50 / p99 / max",
+         f"{r['late_s_p50']} / {r['late_s_p99']} / {r['late_s_max']} s (target: max {TARGET_MAX_LATE:g} s)"),
+        ("steady: CPU per sync", per_process(r["steady_cpu_ms_per_sync"])),
+        ("steady: machine CPU busy (all cores)", f"{r['steady_machine_busy_share']:.0%}"),
         ("failed sync attempts seen", str(observer.failures)),
         *[(f"diff alone, 2,000 items, {name}", f"{ms:.3f} ms") for name, ms in diff.items()],
         ("queries per sync: unchanged / repriced", f"{queries[0]} / {queries[1]}"),
-        ("target met", "yes" if results["target_met"] else "NO"),
+        ("target met", "yes" if r["target_met"] else "NO"),
     ]
     width = max(len(name) for name, _ in rows)
-    print(f"\nsync throughput: {args.accounts} accounts x {args.positions} positions, {args.workers} worker processes "
-          f"({args.pool} pool, concurrency {args.concurrency}), interval {args.interval} s")
+    print(f"\nsync throughput: {args.accounts} accounts x {args.positions} positions, {args.workers} worker "
+          f"processes ({args.pool} pool, concurrency {args.concurrency}), interval {args.interval} s")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
     out_dir = ROOT / "bench" / "results"
