@@ -23,15 +23,6 @@ def clean_redis(redis_client):
     """Locks, groups, tokens and the Celery queue of this Redis db start empty."""
 
 
-@pytest.fixture
-def run(django_capture_on_commit_callbacks):
-    def run_committed(call, *args, **kwargs):
-        with django_capture_on_commit_callbacks(execute=True):
-            return call(*args, **kwargs)
-
-    return run_committed
-
-
 def hold(simulator, **quantities: int) -> None:
     simulator.set_holdings(
         DEMO_CANO,

@@ -29,17 +29,6 @@ def broker():
     return MemoryBroker()
 
 
-@pytest.fixture
-def run(django_capture_on_commit_callbacks):
-    """Run a service call and the on-commit callbacks it registered (these tests run in a transaction)."""
-
-    def run_committed(call, *args, **kwargs):
-        with django_capture_on_commit_callbacks(execute=True):
-            return call(*args, **kwargs)
-
-    return run_committed
-
-
 def trade(run, account, broker, code, side, qty, price=None):
     """What the trade API does: the broker accepts the order, then the watchlist follows at once."""
     order_id = broker.place_order(code, side, qty, price)
