@@ -185,13 +185,14 @@ class System:
             self.daphnes.append(daphne)
         for _ in range(self.args.workers):
             self.start_worker()
-        self.beat = celery_beat(self.env, self.workdir / "beat.log", self.workdir / "beat-schedule").start()
+        self.beat = celery_beat(self.env, self.workdir / "beat.log", self.workdir / "beat-schedule")
+        self.beat.start()
 
     def start_worker(self) -> AppProcess:
         name = f"worker{len(self.workers)}"
         worker = celery_worker(name, self.env, self.workdir / f"{name}.log", pool="threads", concurrency=4)
-        self.workers.append(worker.start())
-        return worker
+        self.workers.append(worker)  # before it starts: stopped at the end even if starting fails
+        return worker.start()
 
     def server_pids(self) -> dict[str, int]:
         pids = {f"daphne{n}": daphne.process.pid for n, daphne in enumerate(self.daphnes) if daphne.process}

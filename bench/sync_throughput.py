@@ -9,8 +9,9 @@ the baseline first: the same balance reads by a plain loop of the KIS adapter al
 Celery, no database), in reads per second. Then, with the workers:
 - the first round (a cold start: every account due at once, each one's first sync adds its items and
   issues its KIS token): how long the workers take to drain it;
-- one more interval to settle, then `--duration` seconds of steady state: how late each sync ran past
-  its due time (its previous success + WATCHLIST_SYNC_INTERVAL; an account still waiting at the end
+- the due times spread evenly over the interval (as in a system that has run a while; the cold
+  start leaves them bunched), one interval to settle, then `--duration` seconds of steady state: how
+  late each sync ran past its due time (its previous success + WATCHLIST_SYNC_INTERVAL; an account still waiting at the end
   counts as late as that), p50/p99/max, and the CPU per sync of each kind of process and the machine's
   load;
 - capacity: every account made due at once again (warm: tokens cached, items stored, prices moved),
@@ -164,6 +165,18 @@ class SyncObserver:
         connection.close()
 
 
+def spread_due_times(interval: int) -> None:
+    """Due times spread evenly over one interval, as in a system that has been running for a while
+    (a cold start leaves them bunched in the order of the first syncs, which later rounds inherit)."""
+    from django.db import connection
+
+    from watchlist.models import SyncState
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {SyncState._meta.db_table} "
+                       "SET next_attempt_at = now() + random() * make_interval(secs => %s)", [interval])
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its reaped children (Linux /proc); 0 once it is gone."""
     try:
@@ -291,19 +304,23 @@ def main() -> None:
         observer = SyncObserver()
         observer.start()
         workers = [celery_worker(f"bench{n}", env, workdir / f"worker{n}.log", pool=args.pool,
-                                 concurrency=args.concurrency).start() for n in range(args.workers)]
-        processes += workers
+                                 concurrency=args.concurrency) for n in range(args.workers)]
         beat = celery_beat(env, workdir / "beat.log", workdir / "beat-schedule")
+        processes += [*workers, beat]  # before they start: stopped at the end even if starting fails
+        for worker in workers:
+            worker.start()
         meter = CpuMeter({"workers": [worker.pid for worker in workers], "simulator": [simulator.process.pid],
                           "redis": [redis_server.process.pid]})
         print(f"first round: every account due at once, {args.workers} worker processes ...", flush=True)
         meter.start()
         cold_start = time.time()
-        processes.append(beat.start())
+        beat.start()
         patience = 20 * args.interval
         first_round = observer.wait_for_every_account(args.accounts, cold_start, patience) - cold_start
         first_round_cpu = meter.stop()
-        print(f"one more interval to settle, then {args.duration:g} s of steady state ...", flush=True)
+        print(f"due times spread over the interval, one interval to settle, then {args.duration:g} s of "
+              "steady state ...", flush=True)
+        spread_due_times(args.interval)
         time.sleep(args.interval)
         meter.start()
         window = (time.time(), time.time() + args.duration)
