@@ -11,9 +11,9 @@ Celery, no database), in reads per second. Then, with the workers:
   issues its KIS token): how long the workers take to drain it;
 - the due times spread evenly over the interval (as in a system that has run a while; the cold
   start leaves them bunched), one interval to settle, then `--duration` seconds of steady state: how
-  late each sync ran past its due time (its previous success + WATCHLIST_SYNC_INTERVAL; an account still waiting at the end
-  counts as late as that), p50/p99/max, and the CPU per sync of each kind of process and the machine's
-  load;
+  late each sync ran past its due time (its previous success + WATCHLIST_SYNC_INTERVAL; an account
+  still waiting at the end counts as late as that), p50/p99/max, and the CPU per sync of each kind
+  of process and the machine's load;
 - capacity: every account made due at once again (warm: tokens cached, items stored, prices moved),
   drained by the workers, in syncs per second per worker process and as a ratio to the baseline;
 - the diff alone on 2,000 items (bench/diff_bench.py), and the database queries of one sync of an
@@ -320,6 +320,7 @@ def main() -> None:
         first_round_cpu = meter.stop()
         print(f"due times spread over the interval, one interval to settle, then {args.duration:g} s of "
               "steady state ...", flush=True)
+        spread_at = time.time()
         spread_due_times(args.interval)
         time.sleep(args.interval)
         meter.start()
@@ -345,7 +346,8 @@ def main() -> None:
         redis_server.stop()
 
     report(args, baseline=baseline, saturated=saturated, first_round=first_round,
-           first_round_cpu=first_round_cpu, observer=observer, window=window, steady_cpu=steady_cpu,
+           first_round_cpu=first_round_cpu, observer=observer, spread_at=spread_at, window=window,
+           steady_cpu=steady_cpu,
            queries=(queries_unchanged, queries_repriced), diff=diff, workdir=workdir)
 
 
@@ -355,16 +357,22 @@ def cpu_per_sync(cpu: dict[str, float], syncs: int) -> dict[str, float]:
 
 
 def report(args, *, baseline: float, saturated: float, first_round: float, first_round_cpu: dict[str, float],
-           observer: SyncObserver, window: tuple[float, float], steady_cpu: dict[str, float],
-           queries: tuple[int, int], diff: dict[str, float], workdir: Path) -> None:
+           observer: SyncObserver, spread_at: float, window: tuple[float, float],
+           steady_cpu: dict[str, float], queries: tuple[int, int], diff: dict[str, float],
+           workdir: Path) -> None:
     begin, end = window
     in_window = [(when.timestamp(), previous) for _, when, previous in observer.syncs
                  if begin <= when.timestamp() < end]
+    # Lateness is measured from a success after the spread (which moved every due time on purpose).
     late = [when - (previous.timestamp() + args.interval) for when, previous in in_window
-            if previous is not None]
+            if previous is not None and previous.timestamp() > spread_at]
     # An account still waiting at the end of the window is as late as that, at least.
-    late += [late_by for late_by in (end - (success.timestamp() + args.interval)
-                                     for success in observer.last_success.values()) if late_by > 0]
+    last_success: dict[int, float] = {}
+    for account_id, when, _ in observer.syncs:
+        if when.timestamp() < end:
+            last_success[account_id] = max(when.timestamp(), last_success.get(account_id, 0.0))
+    late += [late_by for late_by in (end - (success + args.interval) for success in last_success.values())
+             if late_by > 0]
     capacity = args.accounts / saturated / args.workers
     cold_rate = args.accounts / first_round / args.workers
     steady_rate = len(in_window) / args.duration / args.workers
