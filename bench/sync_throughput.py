@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import sys
 import tempfile
 import threading
@@ -40,7 +39,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
 from tests.fixtures.faults import AppProcess, PrivateRedis, celery_beat, celery_worker  # noqa: E402
