@@ -1,9 +1,10 @@
 """`/ws/watchlist/`: one socket follows one account's watchlist (contract.md, "WebSocket").
 
-The consumer is thin: it authorises the socket, joins the account's group (watchlist/events.py
-sends to it), sends a snapshot, and forwards each group event from its own handler. It never
-reorders: the service broadcasts one account's changes in version order, and a client that sees a
-gap asks for a resync.
+The consumer is thin: it authorises the socket, joins its process's fan-out for its account
+(watchlist/fanout.py: one channel-layer member per process, which hands each event of the account's
+group, JSON already encoded, to its sockets), sends a snapshot, and forwards each event from its own
+handler. It never reorders: the service broadcasts one account's changes in version order, events
+that arrive while a snapshot is read follow it, and a client that sees a gap asks for a resync.
 
 Its database work is a few self-contained reads (account, snapshot), each run with
 `thread_sensitive=False`: in parallel on the default executor rather than one by one on the single
@@ -19,13 +20,14 @@ import time
 from functools import lru_cache
 from urllib.parse import parse_qs, urlparse
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http.request import validate_host
 from django.template.loader import render_to_string
 
-from .events import watchlist_group
+from .fanout import process_fanout
 from .selectors import watchlist_snapshot
 from .views import requested_account
 
@@ -64,8 +66,12 @@ def rows_html(full_list: list[dict], codes: list[str] | None = None) -> dict[str
 
 
 class WatchlistConsumer(AsyncWebsocketConsumer):
+    # No channel of its own: the process's Fanout hands it the events of its account (fanout.py).
+    channel_layer_alias = None
     account = None
-    group: str | None = None
+    joined = False
+    # Events that arrive while a snapshot is being read wait here and follow the snapshot.
+    held: list[dict] | None = None
 
     async def connect(self) -> None:
         user = self.scope["user"]
@@ -87,9 +93,9 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
 
         # Join before reading the snapshot, so no change committed after the read is missed
         # (one committed before it arrives with a version the client already has, and is ignored).
-        self.group = watchlist_group(self.account.id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        self.joined_at = time.monotonic()
+        self.held = []
+        await process_fanout().join(self.account.id, self)
+        self.joined = True
         await self.accept()
         await self.send_snapshot()
         logger.debug("socket open user=%s account=%s", user.pk, self.account.id)
@@ -101,13 +107,13 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.joined:
+            await process_fanout().leave(self.account.id, self)
 
     # --- client -> server
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.group is None:  # a refused socket, between its close frame and the disconnect
+        if not self.joined:  # a refused socket, between its close frame and the disconnect
             return
         try:
             request = json.loads(text_data) if text_data is not None else None
@@ -115,7 +121,6 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
             return await self.send_error("Invalid JSON.")
         kind = request.get("type") if isinstance(request, dict) else None
         if kind == "ping":
-            await self.refresh_group_membership()
             await self.send_json({"type": "pong", "timestamp": int(time.time())})
         elif kind == "resync":
             await self.send_snapshot()
@@ -124,13 +129,16 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         else:
             await self.send_error(f"Unknown message type: {str(kind)[:40]!r}.")
 
-    async def refresh_group_membership(self) -> None:
-        """The layer forgets a group member after `group_expiry`: a socket open that long re-joins."""
-        if time.monotonic() - self.joined_at > self.channel_layer.group_expiry / 2:
-            await self.channel_layer.group_add(self.group, self.channel_name)
-            self.joined_at = time.monotonic()
+    # --- group events (watchlist/events.py, through fanout.py) -> client, one handler per type
 
-    # --- group events (watchlist/events.py) -> client, one handler per type
+    async def deliver(self, event: dict) -> None:
+        if self.held is not None:
+            self.held.append(event)
+        else:
+            await self.handle(event)
+
+    async def handle(self, event: dict) -> None:
+        await getattr(self, get_handler_name(event))(event)
 
     async def watchlist_changed(self, event: dict) -> None:
         message = event["message"]
@@ -140,22 +148,31 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
                 **message,
                 "rows_html": rows_html(message["full_list"], changes["added"] + changes["updated"]),
             }
-        await self.send_json(message)
+            await self.send_json(message)
+        else:
+            await self.send(text_data=event["text"])
 
     async def sync_status(self, event: dict) -> None:
-        await self.send_json(event["message"])
+        await self.send(text_data=event["text"])
 
     async def price_update(self, event: dict) -> None:
-        await self.send_json(event["message"])
+        await self.send(text_data=event["text"])
 
     # --- helpers
 
     async def send_snapshot(self) -> None:
+        if self.held is None:
+            self.held = []
         snapshot = await database_sync_to_async(watchlist_snapshot, thread_sensitive=False)(self.account)
         message = {"type": "watchlist_snapshot", **snapshot}
         if self.render_html:
             message["rows_html"] = rows_html(snapshot["full_list"])
         await self.send_json(message)
+        # What arrived meanwhile follows, in order; a change the snapshot already has carries a version
+        # the client has, and is ignored.
+        while self.held:
+            await self.handle(self.held.pop(0))
+        self.held = None
 
     async def send_error(self, text: str) -> None:
         await self.send_json({"type": "error", "message": text})

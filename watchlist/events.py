@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -13,13 +12,19 @@ from channels.layers import get_channel_layer
 logger = logging.getLogger(__name__)
 
 
+# Every process's fan-out (watchlist/fanout.py) is in it: price updates go there, in batches.
+PRICES_GROUP = "prices"
+
+
 def watchlist_group(account_id: int) -> str:
     return f"account-{account_id}"
 
 
 def _send(account_id: int, event_type: str, message: dict) -> None:
     layer = get_channel_layer()
-    async_to_sync(layer.group_send)(watchlist_group(account_id), {"type": event_type, "message": message})
+    async_to_sync(layer.group_send)(
+        watchlist_group(account_id), {"type": event_type, "account": account_id, "message": message}
+    )
 
 
 def watchlist_changed_message(changes: dict[str, list[str]], full_list: list[dict], version: int) -> dict:
@@ -58,17 +63,11 @@ def price_update_message(stock_code: str, price: int, change: int, change_rate: 
 
 
 def send_price_update(account_id: int, message: dict) -> None:
-    _send(account_id, "price.update", message)
+    async_to_sync(broadcast_price_updates)([([account_id], message)])
 
 
 async def broadcast_price_updates(updates: Iterable[tuple[Iterable[int], dict]]) -> None:
-    """Send each price_update message to the groups of the accounts watching its code, all at once
-    (the price feed runs in an event loop and flushes many codes together)."""
-    layer = get_channel_layer()
-    await asyncio.gather(
-        *(
-            layer.group_send(watchlist_group(account_id), {"type": "price.update", "message": message})
-            for account_ids, message in updates
-            for account_id in account_ids
-        )
-    )
+    """Send each price_update message to the accounts watching its code: one event for them all,
+    to every process (the price feed runs in an event loop and flushes many codes together)."""
+    batch = [{"accounts": list(account_ids), "message": message} for account_ids, message in updates]
+    await get_channel_layer().group_send(PRICES_GROUP, {"type": "price.updates", "updates": batch})
