@@ -108,11 +108,18 @@ def start_daphne(stack: Stack, name: str = "daphne", **extra_env: str) -> Daphne
 
 
 class BareServer:
-    """bench/bare_ws_server.py on a free port."""
+    """bench/bare_ws_server.py on a free port; the port survives `restart()`."""
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.log_path = workdir / "bare-ws-server.log"
+        self.start()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, str(ROOT / "bench" / "bare_ws_server.py"), "--port", str(self.port)],
@@ -120,12 +127,12 @@ class BareServer:
             )
         wait_for(lambda: "listening on" in self.log_path.read_text(), 30, "the bare websockets server")
 
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
-
     def stop(self) -> None:
         stop_process(self.process)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 def rss_kb(pid: int) -> int:
