@@ -14,7 +14,8 @@ so the parent compares them with its own.
                                                 message containing the text m
   {"cmd": "collect", "fleet": f, "timeout": s}  wait until every socket has (or the timeout):
                                                 {"received", "missing", "first", "last"}
-  {"cmd": "send", "fleet": f, "text": t}        send t on the fleet's first socket
+  {"cmd": "send", "fleet": f, "text": t}        send t on the fleet's first socket, which from
+                                                then on is the sender and not waited for
   {"cmd": "wait_closed", "fleet": f, "timeout": s}   until the server has closed every socket
   {"cmd": "reconnect", "fleet": f, "timeout": s}     reopen every socket at once, each retried
                                                 until it gets its first message: {"started",
@@ -45,6 +46,7 @@ class Fleet:
     sockets: list[ClientConnection | None] = field(default_factory=list)
     readers: list[asyncio.Task] = field(default_factory=list)
     marker: str | None = None
+    sender: int | None = None
     arrived: dict[int, float] = field(default_factory=dict)
     all_arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -76,10 +78,14 @@ class Fleet:
             async for message in socket:
                 if self.marker is not None and index not in self.arrived and self.marker in message:
                     self.arrived[index] = time.monotonic()
-                    if len(self.arrived) == len(self.sockets):
+                    if len(self.arrived) == self.receivers:
                         self.all_arrived.set()
         except Exception:  # the server went away: wait_closed and reconnect deal with it
             pass
+
+    @property
+    def receivers(self) -> int:
+        return len(self.sockets) - (self.sender is not None)
 
     def arm(self, marker: str) -> dict:
         self.marker, self.arrived, self.all_arrived = marker, {}, asyncio.Event()
@@ -94,13 +100,14 @@ class Fleet:
         self.marker = None
         return {
             "received": len(times),
-            "missing": len(self.sockets) - len(times),
+            "missing": self.receivers - len(times),
             "first": min(times, default=None),
             "last": max(times, default=None),
         }
 
     async def send(self, text: str) -> dict:
-        await self.sockets[0].send(text)
+        self.sender = 0
+        await self.sockets[self.sender].send(text)
         return {"sent": True}
 
     async def wait_closed(self, timeout: float) -> dict:
