@@ -314,3 +314,14 @@ def test_a_token_due_for_renewal_stays_in_use_while_kis_cannot_issue(simulator, 
     simulator.inject_fault("http_500", 1)  # the renewal fails
     assert broker.get_price("005930").price > 0
     assert simulator.calls("tokenP") == 2 and cache.get(broker.token.cache_key)["access_token"] == old_token
+
+
+def test_every_thread_of_a_process_shares_one_pooled_http_client(simulator, sim_account, redis_client):
+    """Django runs each request of an ASGI server in a thread of its own: one client per thread would
+    build a TLS context and open a connection to KIS for every order."""
+    with ThreadPoolExecutor(4) as pool:
+        clients = set(pool.map(lambda _: id(kis.http_client()), range(8)))
+        list(pool.map(lambda _: KoreaInvestService(sim_account).get_price("005930"), range(8)))
+
+    assert clients == {id(kis.http_client())}
+    assert simulator.calls("inquire-price") == 8

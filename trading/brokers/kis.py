@@ -99,15 +99,22 @@ redis.call('SET', KEYS[1], string.format('%.0f', next_free), 'PX', ttl_ms)
 return wait
 """
 
-_thread = threading.local()
+_shared_client: tuple[int, httpx.Client] | None = None
+_shared_client_lock = threading.Lock()
 
 
 def http_client() -> httpx.Client:
-    """This thread's pooled client (a forked worker makes its own)."""
-    if getattr(_thread, "pid", None) != os.getpid():
-        _thread.client = httpx.Client(limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
-        _thread.pid = os.getpid()
-    return _thread.client
+    """The process's pooled client, shared by its threads (a forked worker makes its own).
+
+    Not one per thread: Django runs each sync request under ASGI in a thread of its own, so a
+    per-thread client cost every order a new TLS context (~15 ms of CPU here, measured with
+    py-spy under bench/trade_to_screen.py) and a new connection to KIS."""
+    global _shared_client
+    with _shared_client_lock:
+        if _shared_client is None or _shared_client[0] != os.getpid():
+            client = httpx.Client(limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
+            _shared_client = (os.getpid(), client)
+        return _shared_client[1]
 
 
 @lru_cache(maxsize=4)
