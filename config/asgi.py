@@ -6,10 +6,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
 
 # Imported once Django is set up: they load models.
-from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 
-from watchlist.middleware import TokenAuthMiddleware
+from watchlist.middleware import SocketAuthMiddleware
 from watchlist.routing import websocket_urlpatterns
 
 application = ProtocolTypeRouter(
@@ -17,6 +16,6 @@ application = ProtocolTypeRouter(
         "http": django_asgi_app,
         # Origin is checked by the consumer, not by an OriginValidator here: token sockets
         # (scripts) legitimately send none.
-        "websocket": AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        "websocket": SocketAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -28,7 +28,7 @@ from django.http.request import validate_host
 from django.template.loader import render_to_string
 
 from .fanout import process_fanout
-from .selectors import watchlist_snapshot
+from .selectors import snapshot_of_account
 from .views import requested_account
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def rows_html(full_list: list[dict], codes: list[str] | None = None) -> dict[str
 class WatchlistConsumer(AsyncWebsocketConsumer):
     # No channel of its own: the process's Fanout hands it the events of its account (fanout.py).
     channel_layer_alias = None
-    account = None
+    # The id only: an open socket holds no model instance (bench/memory.py).
+    account_id: int | None = None
     joined = False
     # Events that arrive while a snapshot is being read wait here and follow the snapshot.
     held: list[dict] | None = None
@@ -85,20 +86,19 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         params = parse_qs(self.scope["query_string"].decode("latin-1"), keep_blank_values=True)
         self.render_html = params.get("render") == ["html"]
         requested = params.get("account", [None])[0]
-        self.account = await database_sync_to_async(requested_account, thread_sensitive=False)(
-            user, requested
-        )
-        if self.account is None:
+        account = await database_sync_to_async(requested_account, thread_sensitive=False)(user, requested)
+        if account is None:
             return await self.refuse(CLOSE_FORBIDDEN, f"user={user.pk} asked for account={requested!r}")
+        self.account_id = account.id
 
         # Join before reading the snapshot, so no change committed after the read is missed
         # (one committed before it arrives with a version the client already has, and is ignored).
         self.held = []
-        await process_fanout().join(self.account.id, self)
+        await process_fanout().join(self.account_id, self)
         self.joined = True
         await self.accept()
         await self.send_snapshot()
-        logger.debug("socket open user=%s account=%s", user.pk, self.account.id)
+        logger.debug("socket open user=%s account=%s", user.pk, self.account_id)
 
     async def refuse(self, code: int, why: str) -> None:
         # Accept first, so that the client sees the close code (a refused handshake shows none).
@@ -108,7 +108,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         if self.joined:
-            await process_fanout().leave(self.account.id, self)
+            await process_fanout().leave(self.account_id, self)
 
     # --- client -> server
 
@@ -163,7 +163,10 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
     async def send_snapshot(self) -> None:
         if self.held is None:
             self.held = []
-        snapshot = await database_sync_to_async(watchlist_snapshot, thread_sensitive=False)(self.account)
+        snapshot = await database_sync_to_async(snapshot_of_account, thread_sensitive=False)(self.account_id)
+        if snapshot is None:
+            logger.info("socket closed: account=%s no longer exists", self.account_id)
+            return await self.close(code=CLOSE_FORBIDDEN)
         message = {"type": "watchlist_snapshot", **snapshot}
         if self.render_html:
             message["rows_html"] = rows_html(snapshot["full_list"])

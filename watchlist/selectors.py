@@ -59,3 +59,10 @@ def watchlist_snapshot(account: BrokerAccount) -> dict:
         "full_list": full_list(watchlist),
         "sync": sync_status_dict(state),
     }
+
+
+def snapshot_of_account(account_id: int) -> dict | None:
+    """`watchlist_snapshot` for an account id (a socket keeps only the id); None once the account is
+    gone. The app key and secret are not read: a snapshot never needs them."""
+    account = BrokerAccount.objects.defer("app_key", "app_secret").filter(pk=account_id).first()
+    return None if account is None else watchlist_snapshot(account)

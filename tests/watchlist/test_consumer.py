@@ -296,6 +296,22 @@ async def test_a_bad_token_is_refused_with_4401_even_with_a_session(user, socket
     )
 
 
+async def test_a_session_is_checked_as_for_http_an_unknown_or_outdated_one_is_refused_with_4401(
+    user, account, socket_to
+):
+    unknown = [(b"cookie", b"sessionid=no-such-session"), (b"origin", SAME_SITE)]
+    assert await refusal_code(socket_to(headers=unknown)) == 4401
+
+    headers = await database_sync_to_async(session_headers)(user)
+
+    def change_password():
+        user.set_password("a-new-password-1")
+        user.save()
+
+    await database_sync_to_async(change_password)()  # Django ends the user's other sessions
+    assert await refusal_code(socket_to(headers=headers)) == 4401
+
+
 async def test_another_users_or_an_unknown_account_is_refused_with_4403(
     user, other_user, account, make_account, socket_to
 ):
