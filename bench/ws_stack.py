@@ -29,7 +29,7 @@ import psycopg  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
 from tests.fixtures.faults import PrivateRedis, stop_process, wait_for  # noqa: E402
-from tests.fixtures.servers import DaphneServer, free_port  # noqa: E402
+from tests.fixtures.servers import AsgiServer, free_port  # noqa: E402
 
 BENCH_DATABASE = "lw_bench_ws"
 WATCHED_CODE = "005930"
@@ -109,8 +109,8 @@ def seed_users(count: int, *, base_url: str = "http://127.0.0.1:9", watched: str
 
 # --- servers -------------------------------------------------------------------------------------
 
-def start_daphne(stack: Stack, name: str = "daphne", **extra_env: str) -> DaphneServer:
-    server = DaphneServer(stack.workdir / f"{name}.log", {**stack.env, "DATABASE_POOL": "1", **extra_env})
+def start_daphne(stack: Stack, name: str = "daphne", **extra_env: str) -> AsgiServer:
+    server = AsgiServer(stack.workdir / f"{name}.log", {**stack.env, "DATABASE_POOL": "1", **extra_env})
     server.start()
     return server
 

@@ -90,11 +90,11 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
 
 if DATABASES["default"]["ENGINE"].endswith("postgresql") and env_bool("DATABASE_POOL", False):
-    # Daphne sets this (Django's advice for ASGI): each database_sync_to_async call ends by closing
-    # its connection, so every WebSocket handshake (token, account, snapshot) paid for three new
-    # PostgreSQL logins (~7 ms each); from a pool that close is a hand-back (300 sockets at once:
-    # 1.5 s instead of 2.9 s). Off elsewhere: a pool opened before a Celery worker forks would be
-    # shared by its children.
+    # The ASGI server (Daphne or uvicorn) sets this, Django's advice for ASGI: each
+    # database_sync_to_async call ends by closing its connection, so every WebSocket handshake (token,
+    # account, snapshot) paid for three new PostgreSQL logins (~7 ms each); from a pool that close is a
+    # hand-back (300 sockets at once: 1.5 s instead of 2.9 s). Off elsewhere: a pool opened before a
+    # Celery worker forks would be shared by its children.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
