@@ -37,8 +37,9 @@ class System:
     def beat(self) -> AppProcess:
         return self._start(celery_beat(self.env, self.tmp_path / "beat.log", self.tmp_path / "beat-schedule"))
 
-    def daphne(self) -> AsgiServer:
-        server = AsgiServer(self.tmp_path / "daphne.log", self.env)
+    def daphne(self, **env: str) -> AsgiServer:
+        """A Daphne process; `env` adds to its environment."""
+        server = AsgiServer(self.tmp_path / "daphne.log", self.env | env)
         server.start()
         self.daphnes.append(server)
         return server
