@@ -3,13 +3,13 @@
     .venv/bin/python bench/fanout.py [--accounts 500 --sockets-per-account 2 --rounds 30]
 
 Our side: `--accounts` accounts, all watching one code, each with `--sockets-per-account` token sockets
-open on one Daphne (real Redis channel layer, PostgreSQL). Each round sends one price_update for that
-code the way the price feed does (watchlist.events.broadcast_price_updates, from this process) and
-times it from the send until the last socket has it. The baseline, in the same run and alternating
-round by round: a bare `websockets` server holding as many sockets, sending the same bytes to all
-of them with `websockets.broadcast()` when its sender socket asks. The sockets live in a separate
-client process (bench/ws_clients.py). Reports p50/p99 of both and their ratio; target: our p99
-within 3x of the baseline's.
+open on one Daphne or --server uvicorn (the --layer channel layer, PostgreSQL). Each round sends one
+price_update for that code the way the price feed does (watchlist.events.broadcast_price_updates, from
+this process, on the same layer) and times it from the send until the last socket has it. The baseline,
+in the same run and alternating round by round: a bare `websockets` server holding as many sockets,
+sending the same bytes to all of them with `websockets.broadcast()` when its sender socket asks. The
+sockets live in a separate client process (bench/ws_clients.py). Reports p50/p99 of both and their
+ratio; target: our p99 within 3x of the baseline's.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    stack = ws_stack.Stack(args.database_admin_url)
+    stack = ws_stack.Stack(args.database_admin_url, CHANNEL_LAYER=args.layer)
     from watchlist import events
 
     seeded = ws_stack.seed_users(args.accounts)
@@ -45,13 +45,13 @@ def main() -> None:
     headers = ws_stack.token_headers([token for _, token in seeded], args.sockets_per_account)
     sockets = len(headers)
 
-    server = ws_stack.start_daphne(stack)
+    server = ws_stack.start_server(stack, args.server)
     bare = ws_stack.BareServer(stack.workdir)
     clients = ws_stack.Clients()
     loop = asyncio.new_event_loop()
     ours_times, bare_times, missing = [], [], {"ours": 0, "bare": 0}
     try:
-        print(f"opening {sockets} sockets on Daphne and {sockets} on the bare server ...", flush=True)
+        print(f"opening {sockets} sockets on {args.server} and {sockets} on the bare server ...", flush=True)
         opened_ours = clients.open("ours", server.ws_url(), headers, first_message=True)
         clients.open("bare", bare.ws_url, [{}] * (sockets + 1), first_message=False)
         for round_number in range(args.rounds):
@@ -91,8 +91,8 @@ def main() -> None:
          "target": f"ratio <= {TARGET_RATIO:g}", "met": p99 / base99 <= TARGET_RATIO and not missing["ours"]},
         {"figure": "messages missing", "ours": missing["ours"], "baseline": missing["bare"]},
     ]
-    ws_stack.report("fanout", f"fan-out: {args.accounts} accounts x {args.sockets_per_account} sockets, "
-                    f"{args.rounds} rounds (baseline: bare websockets.broadcast)", rows,
+    ws_stack.report("fanout", args, f"fan-out: {args.accounts} accounts x {args.sockets_per_account} "
+                    f"sockets, {args.rounds} rounds (baseline: bare websockets.broadcast)", rows,
                     {"ours_ms": [ws_stack.millis(t) for t in ours_times],
                      "baseline_ms": [ws_stack.millis(t) for t in bare_times],
                      "open_seconds": opened_ours["seconds"], "server_rss_kb": ours_rss, "logs": str(stack.workdir)})

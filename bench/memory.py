@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/memory.py [--accounts 500 --sockets-per-account 2]
 
-Our side: one Daphne (real Redis channel layer, PostgreSQL), its RSS once warm (a few sockets opened
-and closed) with no socket open, then with `--accounts` x `--sockets-per-account` idle token sockets
-open (each got its snapshot). The baseline, in the same run: a bare `websockets` server
-(bench/bare_ws_server.py) with as many idle sockets. The sockets live in a separate client process.
-Reports KB per socket, (RSS with the sockets - RSS without) / sockets, of both and their ratio;
+Our side: one Daphne or --server uvicorn (the --layer channel layer, PostgreSQL), its RSS once warm (a
+few sockets opened and closed) with no socket open, then with `--accounts` x `--sockets-per-account`
+idle token sockets open (each got its snapshot). The baseline, in the same run: a bare `websockets`
+server (bench/bare_ws_server.py) with as many idle sockets. The sockets live in a separate client
+process. Reports KB per socket, (RSS with the sockets - RSS without) / sockets, of both and their ratio;
 target: ours <= 30 KB.
 """
 
@@ -43,15 +43,15 @@ def per_socket_kb(clients: ws_stack.Clients, pid: int, url: str, headers: list[d
 
 def main() -> None:
     args = parse_args()
-    stack = ws_stack.Stack(args.database_admin_url)
+    stack = ws_stack.Stack(args.database_admin_url, CHANNEL_LAYER=args.layer)
     seeded = ws_stack.seed_users(args.accounts)
     headers = ws_stack.token_headers([token for _, token in seeded], args.sockets_per_account)
 
-    server = ws_stack.start_daphne(stack)
+    server = ws_stack.start_server(stack, args.server)
     bare = ws_stack.BareServer(stack.workdir)
     clients = ws_stack.Clients()
     try:
-        print(f"{len(headers)} idle sockets on Daphne, then on the bare server ...", flush=True)
+        print(f"{len(headers)} idle sockets on {args.server}, then on the bare server ...", flush=True)
         ours = per_socket_kb(clients, server.process.pid, server.ws_url(), headers, snapshot=True)
         baseline = per_socket_kb(clients, bare.process.pid, bare.ws_url, [{}] * len(headers), snapshot=False)
     finally:
@@ -70,8 +70,8 @@ def main() -> None:
         {"figure": f"RSS with {len(headers)} sockets open (MB)", "ours": round(ours["rss_kb_with_sockets"] / 1024, 1),
          "baseline": round(baseline["rss_kb_with_sockets"] / 1024, 1)},
     ]
-    ws_stack.report("memory", f"memory: {args.accounts} accounts x {args.sockets_per_account} idle sockets "
-                    "(baseline: bare websockets server)", rows,
+    ws_stack.report("memory", args, f"memory: {args.accounts} accounts x {args.sockets_per_account} idle "
+                    "sockets (baseline: bare websockets server)", rows,
                     {"ours": ours, "baseline": baseline, "logs": str(stack.workdir)})
 
 

@@ -1,14 +1,15 @@
-"""Reconnect storm: every socket of a Daphne process reconnects at once after it restarts.
+"""Reconnect storm: every socket of a server process reconnects at once after it restarts.
 
     .venv/bin/python bench/reconnect_storm.py [--accounts 500 --sockets-per-account 2 --storms 3]
 
-Our side: `--accounts` x `--sockets-per-account` token sockets open on one Daphne (real Redis channel
-layer, PostgreSQL). Daphne is restarted (the clients see their sockets close); once it answers again,
-every socket reconnects at the same moment, without the browser client's jitter, and each counts as
-served when its snapshot arrives (a refused or timed-out handshake is retried after 0.2 s). Reported:
-how long until the last socket is served, and the median. The baseline, in the same run: the same
-number of sockets reconnecting at once to a bare `websockets` server just restarted (served: the
-handshake is done; it has no snapshot to send). The sockets live in a separate client process.
+Our side: `--accounts` x `--sockets-per-account` token sockets open on one Daphne or --server uvicorn
+(the --layer channel layer, PostgreSQL). The server is restarted (the clients see their sockets close);
+once it answers again, every socket reconnects at the same moment, without the browser client's jitter,
+and each counts as served when its snapshot arrives (a refused or timed-out handshake is retried after
+0.2 s). Reported: how long until the last socket is served, and the median. The baseline, in the same
+run: the same number of sockets reconnecting at once to a bare `websockets` server just restarted
+(served: the handshake is done; it has no snapshot to send). The sockets live in a separate client
+process.
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ def storm(clients: ws_stack.Clients, fleet: str, restart) -> dict:
 
 def main() -> None:
     args = parse_args()
-    stack = ws_stack.Stack(args.database_admin_url)
+    stack = ws_stack.Stack(args.database_admin_url, CHANNEL_LAYER=args.layer)
     seeded = ws_stack.seed_users(args.accounts)
     headers = ws_stack.token_headers([token for _, token in seeded], args.sockets_per_account)
 
-    server = ws_stack.start_daphne(stack)
+    server = ws_stack.start_server(stack, args.server)
     bare = ws_stack.BareServer(stack.workdir)
     clients = ws_stack.Clients()
     ours, baseline = [], []
@@ -78,8 +79,9 @@ def main() -> None:
         {"figure": "handshakes retried, all storms", "ours": sum(s["retries"] for s in ours),
          "baseline": sum(s["retries"] for s in baseline)},
     ]
-    ws_stack.report("reconnect_storm", f"reconnect storm: {args.accounts} accounts x {args.sockets_per_account} "
-                    f"sockets, {args.storms} restarts (baseline: bare websockets server)", rows,
+    ws_stack.report("reconnect_storm", args, f"reconnect storm: {args.accounts} accounts x "
+                    f"{args.sockets_per_account} sockets, {args.storms} restarts "
+                    "(baseline: bare websockets server)", rows,
                     {"ours": ours, "baseline": baseline, "logs": str(stack.workdir)})
 
 

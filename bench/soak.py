@@ -51,7 +51,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import WebSocketException  # noqa: E402
 
 from tests.fixtures.faults import AppProcess, PrivateRedis, celery_beat, celery_worker  # noqa: E402
-from tests.fixtures.servers import DaphneServer  # noqa: E402
+from tests.fixtures.servers import AsgiServer  # noqa: E402
 from tests.fixtures.simulator import SimulatorHandle, start_simulator  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -144,7 +144,7 @@ class System:
         self.workdir = workdir
         self.redis = PrivateRedis(workdir / "redis.log")
         self.simulator: SimulatorHandle | None = None
-        self.daphnes: list[DaphneServer] = []
+        self.daphnes: list[AsgiServer] = []
         self.workers: list[AppProcess] = []
         self.beat: AppProcess | None = None
         self.env: dict[str, str] = {}
@@ -180,7 +180,7 @@ class System:
     def start_servers(self) -> None:
         for n in range(self.args.daphnes):
             # As scripts/run starts it: Daphne takes its database connections from a pool.
-            daphne = DaphneServer(self.workdir / f"daphne{n}.log", self.env | {"DATABASE_POOL": "1"})
+            daphne = AsgiServer(self.workdir / f"daphne{n}.log", self.env | {"DATABASE_POOL": "1"})
             daphne.start()
             self.daphnes.append(daphne)
         for _ in range(self.args.workers):
@@ -370,7 +370,7 @@ class SocketClient:
 # --- the users' HTTP traffic -------------------------------------------------------------------------
 
 class Api:
-    def __init__(self, daphnes: list[DaphneServer], record: Record) -> None:
+    def __init__(self, daphnes: list[AsgiServer], record: Record) -> None:
         self.clients = [httpx.AsyncClient(base_url=daphne.url, timeout=60) for daphne in daphnes]
         self.record = record
 

@@ -1,5 +1,6 @@
 """Trade to screen: `POST /execute-buy/{code}` sent -> `watchlist_changed` received on a socket of the same
-user, through Daphne, the real Redis channel layer, PostgreSQL, a Celery worker and the KIS simulator.
+user, through Daphne (or --server uvicorn), the --layer channel layer, PostgreSQL, a Celery worker and
+the KIS simulator.
 
     .venv/bin/python bench/trade_to_screen.py [--trades 200 --accounts 10]
 
@@ -97,13 +98,14 @@ async def run_trades(url: str, seeded: list[tuple[int, str]], trades: int) -> di
 
 def main() -> None:
     args = parse_args()
-    stack = ws_stack.Stack(args.database_admin_url, KIS_RATE_LIMIT_PAPER="100000", KIS_TOKEN_MIN_INTERVAL="0")
+    stack = ws_stack.Stack(args.database_admin_url, CHANNEL_LAYER=args.layer, KIS_RATE_LIMIT_PAPER="100000",
+                           KIS_TOKEN_MIN_INTERVAL="0")
     simulator = start_simulator(stack.workdir / "simulator.log")
     seeded = ws_stack.seed_users(args.accounts, base_url=simulator.url, watched=None, cano_from=FIRST_CANO)
     for n in range(args.accounts):
         simulator.set_holdings(str(FIRST_CANO + n), [])
     worker = celery_worker("bench", stack.env, stack.workdir / "worker.log").start()
-    server = ws_stack.start_daphne(stack)
+    server = ws_stack.start_server(stack, args.server)
     try:
         asyncio.run(run_trades(server.url, seeded[:1], 4))  # warm: KIS token, connections, templates
         print(f"{args.trades} trades over {args.accounts} accounts ...", flush=True)
@@ -128,8 +130,8 @@ def main() -> None:
              "baseline": f"{ws_stack.millis(p('get', share))} (GET)",
              "ratio": round(p("post", share) / p("get", share), 2)},
         ]
-    ws_stack.report("trade_to_screen", f"trade to screen: {args.trades} trades over {args.accounts} accounts "
-                    "(baseline: GET /api/watchlist/ on the same server)", rows,
+    ws_stack.report("trade_to_screen", args, f"trade to screen: {args.trades} trades over {args.accounts} "
+                    "accounts (baseline: GET /api/watchlist/ on the same server)", rows,
                     {kind: [ws_stack.millis(t) for t in values] for kind, values in times.items()}
                     | {"logs": str(stack.workdir)})
 

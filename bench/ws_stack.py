@@ -3,9 +3,9 @@ they start, the client process, the seeded accounts and the report.
 
 Everything a benchmark starts is its own and stops with it: a private redis-server on a free port
 (tests/fixtures/faults.py), a PostgreSQL database `lw_bench_ws` dropped and created again on the server
-of --database-admin-url, our application under Daphne (tests/fixtures/servers.py) or another ASGI
-server, the bare `websockets` baseline (bench/bare_ws_server.py) and the client process
-(bench/ws_clients.py), each on a free 127.0.0.1 port.
+of --database-admin-url, our application under Daphne or uvicorn (--server, tests/fixtures/servers.py) on
+either channel layer (--layer, the CHANNEL_LAYER setting), the bare `websockets` baseline
+(bench/bare_ws_server.py) and the client process (bench/ws_clients.py), each on a free 127.0.0.1 port.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import psycopg  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
 from tests.fixtures.faults import PrivateRedis, stop_process, wait_for  # noqa: E402
-from tests.fixtures.servers import DaphneServer, free_port  # noqa: E402
+from tests.fixtures.servers import AsgiServer, free_port  # noqa: E402
 
 BENCH_DATABASE = "lw_bench_ws"
 WATCHED_CODE = "005930"
@@ -39,12 +39,17 @@ RESULTS = ROOT / "bench" / "results"
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-admin-url", default=os.environ.get(
         "DATABASE_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne",
+                        help="the ASGI server of our side, as scripts/run's ASGI_SERVER starts it")
+    parser.add_argument("--layer", choices=("redis", "pubsub"), default="redis",
+                        help="the channel layer (CHANNEL_LAYER) of every process, this one included")
 
 
 # --- the world: Redis, the database, Django in this process --------------------------------------
 
 class Stack:
-    """A private Redis and a fresh database, with Django set up on them in this process."""
+    """A private Redis and a fresh database, with Django set up on them in this process. `settings_env` is
+    the environment of the settings for this process and every server it starts."""
 
     def __init__(self, admin_url: str, **settings_env: str) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="lw-bench-ws-"))
@@ -109,10 +114,11 @@ def seed_users(count: int, *, base_url: str = "http://127.0.0.1:9", watched: str
 
 # --- servers -------------------------------------------------------------------------------------
 
-def start_daphne(stack: Stack, name: str = "daphne", **extra_env: str) -> DaphneServer:
-    server = DaphneServer(stack.workdir / f"{name}.log", {**stack.env, "DATABASE_POOL": "1", **extra_env})
-    server.start()
-    return server
+def start_server(stack: Stack, server: str) -> AsgiServer:
+    """Our application under `server` (--server) on the stack's settings, as scripts/run starts it."""
+    running = AsgiServer(stack.workdir / f"{server}.log", {**stack.env, "DATABASE_POOL": "1"}, server)
+    running.start()
+    return running
 
 
 class BareServer:
@@ -214,8 +220,10 @@ def millis(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-def report(bench: str, title: str, rows: list[dict], details: dict) -> None:
-    """Print the table (figure, ours, baseline, ratio, target, met) and write the JSON."""
+def report(bench: str, args: argparse.Namespace, title: str, rows: list[dict], details: dict) -> None:
+    """Print the table (figure, ours, baseline, ratio, target, met) and write the JSON; both name the
+    server and the channel layer of our side."""
+    title = f"{title}; ours: {args.server}, {args.layer} channel layer"
     header = ("figure", "ours", "baseline", "ratio", "target", "met")
     cells = [header] + [
         (row["figure"], row["ours"], row.get("baseline", ""), row.get("ratio", ""), row.get("target", ""),
@@ -229,6 +237,7 @@ def report(bench: str, title: str, rows: list[dict], details: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{bench}-{datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps({"command": " ".join(sys.argv), "when": datetime.now().isoformat(timespec="seconds"),
-                               "cpus": os.cpu_count(), "load_average": os.getloadavg(), "rows": rows, **details},
+                               "cpus": os.cpu_count(), "load_average": os.getloadavg(), "server": args.server,
+                               "layer": args.layer, "rows": rows, **details},
                               indent=2, ensure_ascii=False))
     print(f"  written to {out.relative_to(ROOT)}")

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import redis.connection
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -90,11 +92,11 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
 
 if DATABASES["default"]["ENGINE"].endswith("postgresql") and env_bool("DATABASE_POOL", False):
-    # Daphne sets this (Django's advice for ASGI): each database_sync_to_async call ends by closing
-    # its connection, so every WebSocket handshake (token, account, snapshot) paid for three new
-    # PostgreSQL logins (~7 ms each); from a pool that close is a hand-back (300 sockets at once:
-    # 1.5 s instead of 2.9 s). Off elsewhere: a pool opened before a Celery worker forks would be
-    # shared by its children.
+    # The ASGI server (Daphne or uvicorn) sets this, Django's advice for ASGI: each
+    # database_sync_to_async call ends by closing its connection, so every WebSocket handshake (token,
+    # account, snapshot) paid for three new PostgreSQL logins (~7 ms each); from a pool that close is a
+    # hand-back (300 sockets at once: 1.5 s instead of 2.9 s). Off elsewhere: a pool opened before a
+    # Celery worker forks would be shared by its children.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -135,39 +137,65 @@ CACHES = {
     }
 }
 
-# redis-py 8 defaults to a 5 s socket timeout and a 100-connection async pool: the first kills
-# idle consumers' BZPOPMIN reads, the second fails handshakes in a reconnect storm. Both are set
-# on purpose here (tests: an idle socket still receives after 30 s; 300 sockets connect at once).
-# No socket timeout at all (None), rather than a longer one: with any timeout redis-py sends each
-# command through asyncio.wait_for, which on Python 3.11 swallows a cancellation landing as the send
-# completes, so a socket closed at that moment leaves its consumer's receive loop running forever
-# (measured: 8 of 200 quick disconnects; test: sockets closed right after connecting end cleanly).
-# The layer's blocking reads return every 5 s anyway; keepalive notices a dead Redis.
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {
-            "hosts": [
-                {
-                    "address": REDIS_URL,
-                    "socket_timeout": None,
-                    "socket_connect_timeout": 5,
-                    "socket_keepalive": True,
-                    "max_connections": int(os.environ.get("CHANNEL_LAYER_MAX_CONNECTIONS", "2000")),
-                }
-            ],
-            "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "lw-asgi"),
-            # Capacity counts a whole Daphne process's unread group messages in Redis (one entry per
-            # group message, however many of its sockets are in the group) and each socket's buffer in
-            # memory: 1000 absorbs a burst of price ticks across the process's accounts. Beyond it, and
-            # after `expiry` (longer than the client's 20 s ping + 10 s pong deadline, after which it
-            # reconnects anyway), messages are dropped: the client sees the version gap and resyncs.
-            "capacity": 1000,
-            "expiry": 30,
-            "group_expiry": 86400,
-        },
+
+def channel_layers_setting(layer: str, redis_url: str) -> dict:
+    """CHANNEL_LAYERS for `layer` ("redis" or "pubsub") on the Redis of `redis_url`.
+
+    Both are selectable so that the choice is made by measurement (docs/PERFORMANCE.md).
+    `redis`: channels_redis' RedisChannelLayer; group members and messages are kept in Redis.
+    `pubsub`: RedisPubSubChannelLayer; a group is a Redis pub/sub channel that each process subscribes
+    to, and nothing is stored: no capacity, message expiry or group expiry (it has none of those
+    options), and it subscribes again by itself after a reconnect."""
+    # redis-py 8 defaults to a 5 s socket timeout and a 100-connection async pool: the first kills
+    # idle consumers' BZPOPMIN reads, the second fails handshakes in a reconnect storm. Both are set
+    # on purpose here (tests: an idle socket still receives after 30 s; 300 sockets connect at once).
+    # No socket timeout at all (None), rather than a longer one: with any timeout redis-py sends each
+    # command through asyncio.wait_for, which on Python 3.11 swallows a cancellation landing as the send
+    # completes, so a socket closed at that moment leaves its consumer's receive loop running forever
+    # (measured: 8 of 200 quick disconnects; test: sockets closed right after connecting end cleanly).
+    # RedisChannelLayer's blocking reads return every 5 s anyway (the pub/sub layer's reads poll every
+    # 0.1 s); keepalive notices a dead Redis. Both layers build their connection pools from these options.
+    host = {
+        "address": redis_url,
+        "socket_timeout": None,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "max_connections": int(os.environ.get("CHANNEL_LAYER_MAX_CONNECTIONS", "2000")),
     }
-}
+    prefix = os.environ.get("CHANNEL_LAYER_PREFIX", "lw-asgi")
+    if layer == "redis":
+        return {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {
+                    "hosts": [host],
+                    "prefix": prefix,
+                    # Capacity counts a whole server process's unread group messages in Redis (one entry
+                    # per group message, however many of its sockets are in the group) and each socket's
+                    # buffer in memory: 1000 absorbs a burst of price ticks across the process's accounts.
+                    # Beyond it, and after `expiry` (longer than the client's 20 s ping + 10 s pong
+                    # deadline, after which it reconnects anyway), messages are dropped: the client sees
+                    # the version gap and resyncs.
+                    "capacity": 1000,
+                    "expiry": 30,
+                    "group_expiry": 86400,
+                },
+            }
+        }
+    if layer == "pubsub":
+        # Pub/sub channels belong to no Redis database: the prefix names the URL's, so that runs on
+        # different databases of one Redis (tests, a demo) stay apart as they do under "redis".
+        database = redis.connection.parse_url(redis_url).get("db", 0)
+        return {
+            "default": {
+                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {"hosts": [host], "prefix": f"{prefix}-db{database}"},
+            }
+        }
+    raise ImproperlyConfigured(f'CHANNEL_LAYER must be "redis" or "pubsub", not {layer!r}')
+
+
+CHANNEL_LAYERS = channel_layers_setting(os.environ.get("CHANNEL_LAYER", "redis"), REDIS_URL)
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = None

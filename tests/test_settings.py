@@ -1,4 +1,10 @@
+import json
+import os
+import subprocess
+import sys
+
 import pytest
+from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
 from django.db import connection
 
@@ -26,3 +32,29 @@ def test_account_numbers_are_ascii_digits_without_trailing_newline(account):
         account.account_number = bad
         with pytest.raises(ValidationError):
             account.full_clean()
+
+
+def channel_layers_under(**env: str) -> subprocess.CompletedProcess:
+    """CHANNEL_LAYERS as the settings read it in a fresh process with `env` (settings are read once)."""
+    command = "import json, config.settings as s; print(json.dumps(s.CHANNEL_LAYERS))"
+    return subprocess.run([sys.executable, "-c", command], cwd=django_settings.BASE_DIR, env=os.environ | env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_pubsub_channel_layer_takes_the_redis_layers_connection_options():
+    redis_layer, pubsub_layer = (
+        json.loads(channel_layers_under(CHANNEL_LAYER=layer, REDIS_URL="redis://127.0.0.1:6379/12").stdout)
+        for layer in ("redis", "pubsub")
+    )
+    assert redis_layer["default"]["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    assert pubsub_layer["default"] == {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        # Pub/sub channels ignore the database number: the prefix keeps db 12's groups apart.
+        "CONFIG": {"hosts": redis_layer["default"]["CONFIG"]["hosts"], "prefix": "lw-asgi-db12"},
+    }
+
+
+def test_an_unknown_channel_layer_is_refused_by_name():
+    done = channel_layers_under(CHANNEL_LAYER="rabbitmq")
+    assert done.returncode != 0
+    assert 'ImproperlyConfigured: CHANNEL_LAYER must be "redis" or "pubsub", not \'rabbitmq\'' in done.stderr

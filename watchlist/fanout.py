@@ -10,12 +10,13 @@ encodes the message to JSON once and hands it to the sockets of the accounts it 
 A socket joins with its account before it reads its snapshot (watchlist/consumers.py holds what
 arrives meanwhile until the snapshot is sent). The group of an account is left when its last socket
 here closes, and the Fanout stops (leaves the prices group, stops reading) when its last socket
-closes; the next socket starts it again. It joins its groups again every half `group_expiry` (after
-which the layer forgets a member). Every PROBE_EVERY seconds it sends itself a probe through a group
-of its own: a probe that has not come back by the next one means the layer lost its memberships (a
-restarted Redis keeps none) or stopped delivering. Then, as when reading from the layer fails, every
-socket here is closed, so that its client reconnects and starts again from a snapshot rather than
-miss changes unaware.
+closes; the next socket starts it again. On RedisChannelLayer it joins its groups again every half
+`group_expiry` (after which that layer forgets a member); RedisPubSubChannelLayer has no expiry (a
+membership is a subscription, which it renews itself after a reconnect). Every PROBE_EVERY seconds it
+sends itself a probe through a group of its own: a probe that has not come back by the next one means
+the layer lost its memberships (a restarted Redis keeps none) or stopped delivering. Then, as when
+reading from the layer fails, every socket here is closed, so that its client reconnects and starts
+again from a snapshot rather than miss changes unaware.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class Fanout:
 
     async def _watch(self, channel: str) -> None:
         loop = asyncio.get_running_loop()
+        group_expiry = getattr(self.layer, "group_expiry", None)
         joined_at = loop.time()
         try:
             while True:
@@ -136,7 +138,7 @@ class Fanout:
                     logger.error("fan-out: a probe did not come back within %gs: the channel layer lost "
                                  "this process's group memberships or stopped delivering", PROBE_EVERY)
                     break
-                if loop.time() - joined_at > self.layer.group_expiry / 2:
+                if group_expiry is not None and loop.time() - joined_at > group_expiry / 2:
                     joined_at = loop.time()
                     await self._join_again(channel)
         except asyncio.CancelledError:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.fixtures.faults import AppProcess, celery_beat, celery_worker, wait_for
-from tests.fixtures.servers import DaphneServer, server_env
+from tests.fixtures.servers import AsgiServer, server_env
 from trading.models import BrokerAccount
 from watchlist.models import SyncState, WatchlistItem
 
@@ -27,7 +27,7 @@ class System:
         self.tmp_path = tmp_path
         self._start = start
         self.workers: list[AppProcess] = []
-        self.daphnes: list[DaphneServer] = []
+        self.daphnes: list[AsgiServer] = []
 
     def worker(self, name: str = "worker1", **options) -> AppProcess:
         worker = self._start(celery_worker(name, self.env, self.tmp_path / f"{name}.log", **options))
@@ -37,8 +37,9 @@ class System:
     def beat(self) -> AppProcess:
         return self._start(celery_beat(self.env, self.tmp_path / "beat.log", self.tmp_path / "beat-schedule"))
 
-    def daphne(self) -> DaphneServer:
-        server = DaphneServer(self.tmp_path / "daphne.log", self.env)
+    def daphne(self, **env: str) -> AsgiServer:
+        """A Daphne process; `env` adds to its environment."""
+        server = AsgiServer(self.tmp_path / "daphne.log", self.env | env)
         server.start()
         self.daphnes.append(server)
         return server
@@ -105,7 +106,7 @@ def wait_in_step(accounts: list[BrokerAccount], simulator, system: System, timeo
         raise AssertionError(f"{error}\n{system.logs()}") from None
 
 
-def api_token(server: DaphneServer, username: str, password: str) -> str:
+def api_token(server: AsgiServer, username: str, password: str) -> str:
     credentials = {"username": username, "password": password}
     response = httpx.post(f"{server.url}/api/auth/token/", json=credentials, timeout=30)
     assert response.status_code == 200, response.text
