@@ -158,6 +158,26 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
     async def price_update(self, event: dict) -> None:
         await self.send(text_data=event["text"])
 
+    # --- closing: nothing is sent after it
+
+    # The fan-out closes every socket of the process when the channel layer fails (fanout.py), also
+    # one still in connect(), between its join and its accept; an ASGI server refuses any message
+    # after a close (uvicorn raises), so what connect() or a snapshot would still send is dropped.
+    closed = False
+
+    async def close(self, code=None, reason=None) -> None:
+        if not self.closed:
+            self.closed = True
+            await super().close(code=code, reason=reason)
+
+    async def accept(self, subprotocol=None, headers=None) -> None:
+        if not self.closed:
+            await super().accept(subprotocol, headers)
+
+    async def send(self, text_data=None, bytes_data=None, close=False) -> None:
+        if not self.closed:
+            await super().send(text_data, bytes_data, close)
+
     # --- helpers
 
     async def send_snapshot(self) -> None:

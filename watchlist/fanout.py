@@ -111,8 +111,7 @@ class Fanout:
                 self._reader.cancel()
                 self._watcher.cancel()
                 self._reader = self._watcher = None
-                for group in (PRICES_GROUP, self._probe_group):
-                    await self.layer.group_discard(group, self.channel)
+                await self._leave_groups(self.channel, [PRICES_GROUP, self._probe_group])
 
     async def _read(self, channel: str) -> None:
         try:
@@ -159,6 +158,9 @@ class Fanout:
     async def _close_every_socket(self) -> None:
         """Forget every socket and close it: its client reconnects, to a Fanout started afresh."""
         rooms, self.rooms, self._reader, self._watcher = self.rooms, {}, None, None
+        # A socket joining meanwhile starts a new channel and probe group: these are the old ones.
+        groups = [PRICES_GROUP, self._probe_group, *(watchlist_group(a) for a, room in rooms.items() if room.member)]
+        channel = self.channel
         sockets = [socket for room in rooms.values() for socket in room.sockets]
         logger.warning("fan-out: closing this process's %d sockets so that their clients reconnect", len(sockets))
         for socket in sockets:
@@ -166,6 +168,17 @@ class Fanout:
                 await socket.close(code=CLOSE_LAYER_FAILED)
             except Exception:
                 logger.exception("fan-out: a socket failed to close")
+        await self._leave_groups(channel, groups)
+
+    async def _leave_groups(self, channel: str, groups: list[str]) -> None:
+        """Best effort, for a channel given up: a layer that kept its memberships (the pub/sub layer
+        resubscribes by itself) would otherwise go on taking its groups' messages for nobody."""
+        for group in groups:
+            try:
+                await self.layer.group_discard(group, channel)
+            except Exception as exc:  # the layer is failing: nothing left to leave
+                logger.info("fan-out: could not leave %s: %s", group, exc)
+                return
 
     async def _deliver(self, event: dict) -> None:
         if event["type"] == "fanout.probe":

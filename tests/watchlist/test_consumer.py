@@ -16,6 +16,7 @@ from config.asgi import application
 from trading.brokers.memory import MemoryBroker
 from watchlist import events
 from watchlist.consumers import WatchlistConsumer
+from watchlist.fanout import CLOSE_LAYER_FAILED, Fanout
 from watchlist.selectors import watchlist_snapshot
 from watchlist.services import WatchlistService
 
@@ -367,3 +368,22 @@ async def test_sockets_closed_right_after_connecting_end_cleanly(user, account):
         await communicator.send_input({"type": "websocket.disconnect", "code": 1000})
         done, _ = await asyncio.wait([communicator.future], timeout=TIMEOUT)
         assert done, f"the consumer of socket {attempt} is still running after its disconnect"
+
+
+async def test_a_socket_the_fan_out_closes_while_it_connects_is_refused_and_sent_nothing_more(
+    user, account, socket_to, monkeypatch
+):
+    """The fan-out closes every socket of its process when the channel layer fails, also one between
+    its join and its accept: an ASGI server refuses anything sent after a close (uvicorn raises)."""
+    join = Fanout.join
+
+    async def join_as_the_layer_fails(self, account_id, socket):
+        await join(self, account_id, socket)
+        await self._close_every_socket()
+
+    monkeypatch.setattr(Fanout, "join", join_as_the_layer_fails)
+    headers = await database_sync_to_async(token_headers)(user)
+    communicator = socket_to(headers=headers)
+
+    assert await communicator.connect(timeout=TIMEOUT) == (False, CLOSE_LAYER_FAILED)
+    assert await communicator.receive_nothing(timeout=1)
