@@ -6,7 +6,7 @@ group, JSON already encoded, to its sockets), sends a snapshot, and forwards eac
 handler. It never reorders: the service broadcasts one account's changes in version order, events
 that arrive while a snapshot is read follow it, and a client that sees a gap asks for a resync.
 
-Its database work is a few self-contained reads (account, snapshot), each run with
+Its database work is two self-contained reads (who and which account, then the snapshot), each run with
 `thread_sensitive=False`: in parallel on the default executor rather than one by one on the single
 sync thread, so a reconnect storm's handshakes do not queue behind each other (300 sockets at once:
 about 1.5 s instead of 4 s here, with Daphne's handshake timeout at 5 s).
@@ -29,7 +29,7 @@ from django.template.loader import render_to_string
 
 from .fanout import process_fanout
 from .selectors import snapshot_of_account
-from .views import requested_account
+from .socket_auth import socket_owner
 
 logger = logging.getLogger(__name__)
 
@@ -75,35 +75,34 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
     held: list[dict] | None = None
 
     async def connect(self) -> None:
-        user = self.scope["user"]
-        if not user.is_authenticated:
-            return await self.refuse(CLOSE_UNAUTHENTICATED, "not authenticated")
-        if self.scope.get("auth_method") != "token" and not origin_allowed(self.scope["headers"]):
-            return await self.refuse(
-                CLOSE_FORBIDDEN, f"session socket of user={user.pk} from a foreign Origin"
-            )
-
+        # Accepted at once, before any read: Daphne drops a handshake not accepted within 5 s, and in
+        # a reconnect storm the reads below queue up, so every dropped handshake's work was wasted and
+        # its retry added more (1,000 sockets at once: most never served). Refusals are close codes
+        # the client sees after the accept (a refused handshake shows none).
+        await self.accept()
+        headers = self.scope["headers"]
         params = parse_qs(self.scope["query_string"].decode("latin-1"), keep_blank_values=True)
         self.render_html = params.get("render") == ["html"]
         requested = params.get("account", [None])[0]
-        account = await database_sync_to_async(requested_account, thread_sensitive=False)(user, requested)
-        if account is None:
-            return await self.refuse(CLOSE_FORBIDDEN, f"user={user.pk} asked for account={requested!r}")
-        self.account_id = account.id
+        owner = await database_sync_to_async(socket_owner, thread_sensitive=False)(headers, requested)
+        if not owner.user.is_authenticated:
+            return await self.refuse(CLOSE_UNAUTHENTICATED, "not authenticated")
+        if not owner.by_token and not origin_allowed(headers):
+            return await self.refuse(CLOSE_FORBIDDEN, f"session socket of user={owner.user.pk} from a foreign Origin")
+        if owner.account_id is None:
+            return await self.refuse(CLOSE_FORBIDDEN, f"user={owner.user.pk} asked for account={requested!r}")
+        self.account_id = owner.account_id
 
         # Join before reading the snapshot, so no change committed after the read is missed
         # (one committed before it arrives with a version the client already has, and is ignored).
         self.held = []
         await process_fanout().join(self.account_id, self)
         self.joined = True
-        await self.accept()
         await self.send_snapshot()
-        logger.debug("socket open user=%s account=%s", user.pk, self.account_id)
+        logger.debug("socket open user=%s account=%s", owner.user.pk, self.account_id)
 
     async def refuse(self, code: int, why: str) -> None:
-        # Accept first, so that the client sees the close code (a refused handshake shows none).
         logger.info("socket refused (%s): %s", code, why)
-        await self.accept()
         await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
@@ -161,18 +160,14 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
     # --- closing: nothing is sent after it
 
     # The fan-out closes every socket of the process when the channel layer fails (fanout.py), also
-    # one still in connect(), between its join and its accept; an ASGI server refuses any message
-    # after a close (uvicorn raises), so what connect() or a snapshot would still send is dropped.
+    # one still in connect(), between its join and its snapshot; an ASGI server refuses any message
+    # after a close (uvicorn raises), so what a snapshot would still send is dropped.
     closed = False
 
     async def close(self, code=None, reason=None) -> None:
         if not self.closed:
             self.closed = True
             await super().close(code=code, reason=reason)
-
-    async def accept(self, subprotocol=None, headers=None) -> None:
-        if not self.closed:
-            await super().accept(subprotocol, headers)
 
     async def send(self, text_data=None, bytes_data=None, close=False) -> None:
         if not self.closed:

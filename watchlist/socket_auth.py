@@ -1,29 +1,29 @@
-"""Who a WebSocket belongs to: one ASGI layer in front of the socket routes.
+"""Who a WebSocket belongs to, and which account it follows: one self-contained read per socket.
 
 A socket that presents `Authorization: Token <key>` (DRF authtoken, for scripts) is authenticated
 by it alone: a bad token leaves it anonymous, it never falls back to the session. Any other socket
 gets its session's user, checked as Django checks an HTTP request's (`django.contrib.auth.get_user`:
-the backend, the session hash after a password change). `scope["auth_method"]` records which,
-because only session sockets need an allowed Origin (a cross-site page can send the cookie, but not
-this header).
+the backend, the session hash after a password change). Only session sockets need an allowed
+Origin (a cross-site page can send the cookie, but not this header); the consumer checks it.
 
-One layer instead of channels' AuthMiddlewareStack (cookie, session and auth middlewares, each
-keeping its own copy of the scope and a suspended frame for as long as the socket is open): the
-user is resolved in one self-contained read and the scope is copied once. That is ~6 KB less per
-open socket (tracemalloc in a Daphne holding 400 sockets; bench/memory.py gives the RSS figure).
+The consumer calls this itself instead of channels' AuthMiddlewareStack, whose cookie, session and
+auth middlewares each keep a copy of the scope and a suspended frame for as long as the socket is
+open, and each take a database read of their own (a reconnect storm queues them all).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import import_module
 from types import SimpleNamespace
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
+
+from .views import requested_account
 
 TOKEN_KEYWORD = "token"
 
@@ -54,19 +54,15 @@ def user_for_session(headers: list[tuple[bytes, bytes]]):
     return auth.get_user(SimpleNamespace(session=session))
 
 
-def socket_user(headers: list[tuple[bytes, bytes]]) -> tuple[object, str]:
-    """(user, "token" or "session")."""
+@dataclass(frozen=True)
+class SocketOwner:
+    user: object
+    by_token: bool
+    account_id: int | None  # None: the user has no such account (or is anonymous)
+
+
+def socket_owner(headers: list[tuple[bytes, bytes]], account_param: str | None) -> SocketOwner:
     key = token_from_headers(headers)
-    if key is not None:
-        return user_for_token(key), "token"
-    return user_for_session(headers), "session"
-
-
-class SocketAuthMiddleware:
-    def __init__(self, inner) -> None:
-        self.inner = inner
-
-    async def __call__(self, scope, receive, send):
-        # Self-contained reads: they may run in parallel with other handshakes' (consumers.py).
-        user, method = await database_sync_to_async(socket_user, thread_sensitive=False)(scope["headers"])
-        return await self.inner({**scope, "user": user, "auth_method": method}, receive, send)
+    user = user_for_token(key) if key is not None else user_for_session(headers)
+    account = requested_account(user, account_param) if user.is_authenticated else None
+    return SocketOwner(user, key is not None, account.id if account else None)
