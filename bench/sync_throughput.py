@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
+from bench.production import production_settings_env  # noqa: E402
 from tests.fixtures.faults import AppProcess, PrivateRedis, celery_beat, celery_worker  # noqa: E402
 from tests.fixtures.simulator import SimulatorHandle, start_simulator  # noqa: E402
 
@@ -278,6 +279,7 @@ def main() -> None:
         "KIS_RATE_LIMIT_PAPER": "100000",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
+        **production_settings_env(),
     }
     os.environ.update(env)
     import django

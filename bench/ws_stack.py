@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
-from cryptography.fernet import Fernet  # noqa: E402
 
+from bench.production import production_settings_env  # noqa: E402
 from tests.fixtures.faults import PrivateRedis, stop_process, wait_for  # noqa: E402
 from tests.fixtures.servers import AsgiServer, free_port  # noqa: E402
 
@@ -65,12 +64,7 @@ class Stack:
             "REDIS_URL": self.redis.url(),
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
-            # Production settings, as measured figures should be: DEBUG off (no query log, no debug
-            # cursor), over plain HTTP on loopback.
-            "DJANGO_DEBUG": "0",
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "SECURE_SSL_REDIRECT": "0",
+            **production_settings_env(),
             **settings_env,
         }
         os.environ.update(self.env)
