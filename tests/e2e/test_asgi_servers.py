@@ -14,12 +14,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.fixtures.simulator import DEMO_CANO
-from trading.brokers.memory import MemoryBroker
-from watchlist import events
-from watchlist.services import WatchlistService
 
+from .sockets import assert_a_change_then_a_price_update_arrive, next_of_type
 from .test_live_updates import TIMEOUT, open_socket, token_for
-from .test_multi_process import next_of_type
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,15 +40,7 @@ async def test_a_token_socket_gets_its_snapshot_a_change_and_a_price_update(uvic
     assert (snapshot["account"]["id"], snapshot["version"]) == (account.id, 0)
     assert "Sec-WebSocket-Extensions" not in socket.response.headers  # no compression, as under Daphne
 
-    broker = MemoryBroker()
-    broker.set_holdings({"005930": 10})
-    await database_sync_to_async(WatchlistService(account, broker).sync_with_account)()
-    change = await next_of_type(socket, "watchlist_changed")
-    assert (change["version"], change["changes"]["added"]) == (1, ["005930"])
-
-    tick = events.price_update_message("005930", 72_100, 600, 0.84, 42)
-    await database_sync_to_async(events.send_price_update)(account.id, tick)
-    assert await next_of_type(socket, "price_update") == tick
+    await assert_a_change_then_a_price_update_arrive(socket, account)
     await socket.close()
 
 

@@ -5,7 +5,6 @@ process (a worker's sync, a trade answered by the other Daphne) committed the ch
 from __future__ import annotations
 
 import asyncio
-import json
 
 import httpx
 import pytest
@@ -15,16 +14,10 @@ from tests.fixtures.simulator import DEMO_CANO
 from watchlist import events
 from watchlist.tasks import sync_account
 
+from .sockets import next_of_type
 from .test_live_updates import TIMEOUT, open_socket, token_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-async def next_of_type(socket, kind: str) -> dict:
-    async with asyncio.timeout(TIMEOUT):
-        while (message := json.loads(await socket.recv()))["type"] != kind:
-            pass
-    return message
 
 
 async def test_a_change_committed_by_a_worker_reaches_sockets_on_two_daphne_processes(

@@ -9,12 +9,9 @@ from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from config.settings import channel_layers_setting
-from trading.brokers.memory import MemoryBroker
-from watchlist import events
-from watchlist.services import WatchlistService
 
+from .sockets import assert_a_change_then_a_price_update_arrive
 from .test_live_updates import open_socket, token_for
-from .test_multi_process import next_of_type
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,13 +35,5 @@ async def test_a_daphne_on_the_pubsub_layer_delivers_the_snapshot_a_change_and_a
     socket, snapshot = await open_socket(pubsub_daphne, token)
     assert (snapshot["account"]["id"], snapshot["version"]) == (account.id, 0)
 
-    broker = MemoryBroker()
-    broker.set_holdings({"005930": 10})
-    await database_sync_to_async(WatchlistService(account, broker).sync_with_account)()
-    change = await next_of_type(socket, "watchlist_changed")
-    assert (change["version"], change["changes"]["added"]) == (1, ["005930"])
-
-    tick = events.price_update_message("005930", 72_100, 600, 0.84, 42)
-    await database_sync_to_async(events.send_price_update)(account.id, tick)
-    assert await next_of_type(socket, "price_update") == tick
+    await assert_a_change_then_a_price_update_arrive(socket, account)
     await socket.close()
