@@ -100,7 +100,7 @@ class Fanout:
             if self._reader is None:
                 self.channel = await self.layer.new_channel()
                 self._probe_group = f"fanout-probe-{uuid.uuid4().hex}"
-                for group in (PRICES_GROUP, self._probe_group):
+                for group in self._own_groups():
                     await self.layer.group_add(group, self.channel)
                 self._reader = asyncio.create_task(self._read(self.channel), name="watchlist fan-out")
                 self._watcher = asyncio.create_task(self._watch(self.channel), name="fan-out watcher")
@@ -111,7 +111,7 @@ class Fanout:
                 self._reader.cancel()
                 self._watcher.cancel()
                 self._reader = self._watcher = None
-                await self._leave_groups(self.channel, [PRICES_GROUP, self._probe_group])
+                await self._leave_groups(self.channel, self._own_groups())
 
     async def _read(self, channel: str) -> None:
         try:
@@ -147,8 +147,12 @@ class Fanout:
         self._reader.cancel()
         await self._close_every_socket()
 
+    def _own_groups(self) -> list[str]:
+        """The groups the process's channel is in whatever its sockets: prices and its probe."""
+        return [PRICES_GROUP, self._probe_group]
+
     async def _join_again(self, channel: str) -> None:
-        for group in (PRICES_GROUP, self._probe_group):
+        for group in self._own_groups():
             await self.layer.group_add(group, channel)
         for account_id, room in list(self.rooms.items()):
             async with room.lock:
@@ -159,7 +163,7 @@ class Fanout:
         """Forget every socket and close it: its client reconnects, to a Fanout started afresh."""
         rooms, self.rooms, self._reader, self._watcher = self.rooms, {}, None, None
         # A socket joining meanwhile starts a new channel and probe group: these are the old ones.
-        groups = [PRICES_GROUP, self._probe_group, *(watchlist_group(a) for a, room in rooms.items() if room.member)]
+        groups = [*self._own_groups(), *(watchlist_group(a) for a, room in rooms.items() if room.member)]
         channel = self.channel
         sockets = [socket for room in rooms.values() for socket in room.sockets]
         logger.warning("fan-out: closing this process's %d sockets so that their clients reconnect", len(sockets))
