@@ -22,27 +22,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
-
-import redis
 from django.conf import settings
 from redis.exceptions import LockError
 from redis.lock import Lock
+
+from trading.redis import redis_client
 
 logger = logging.getLogger(__name__)
 
 
 class AccountLockTimeout(RuntimeError):
     """The account's write lock could not be taken in time."""
-
-
-@lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
-
-
-def redis_client() -> redis.Redis:
-    return _client(settings.REDIS_URL)
 
 
 def _key(account_id: int, purpose: str) -> str:

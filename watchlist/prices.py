@@ -46,8 +46,8 @@ from channels.db import database_sync_to_async
 from django.db.models import BigIntegerField, Case, ExpressionWrapper, F, FloatField, Value, When
 from django.db.models.functions import Round
 
+from trading.brokers.base import KST
 from trading.brokers.realtime import (
-    KST,
     MAX_REGISTRATIONS,
     PRICE_TR,
     Credentials,

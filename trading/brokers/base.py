@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal, Protocol
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 
 Side = Literal["buy", "sell"]
+
+KST = ZoneInfo("Asia/Seoul")  # KRX trading hours and every KIS timestamp are Korean time
 
 STOCK_CODE_RE = re.compile(r"^[0-9A-Z]{6}\Z")  # \Z: "$" would let a trailing newline through
 MAX_ORDER_QTY = 1_000_000

@@ -25,15 +25,15 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
 import httpx
 import pandas as pd
-import redis
 from django.conf import settings
 from django.core.cache import cache
 
+from ..redis import redis_client
 from .base import (
+    KST,
     AuthenticationFailed,
     BadBrokerResponse,
     BrokerError,
@@ -83,7 +83,6 @@ MAX_BALANCE_PAGES = 200
 TOKEN_RENEW_MARGIN = 3600
 TOKEN_LOCK_TIMEOUT = 30
 MAX_RATE_WAIT = 10.0  # beyond this queue for one app key, refuse the call rather than wait
-KST = ZoneInfo("Asia/Seoul")
 
 # Reserve the next free call slot of one app key and answer how many microseconds to wait for it
 # (-1: the queue is longer than ARGV[2]). Redis's clock keeps every process on the same schedule.
@@ -118,13 +117,8 @@ def http_client() -> httpx.Client:
 
 
 @lru_cache(maxsize=4)
-def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
-
-
-@lru_cache(maxsize=4)
 def reserve_slot_script(url: str):
-    return redis_client(url).register_script(RESERVE_SLOT)
+    return redis_client().register_script(RESERVE_SLOT)
 
 
 # --- reading KIS answers ------------------------------------------------------------------
@@ -234,7 +228,7 @@ class SharedToken:
 
         `stale` is a token KIS refused: it is dropped for every process. A token merely due for
         renewal stays in use until it expires if a new one cannot be had yet."""
-        lock = redis_client(settings.REDIS_URL).lock(
+        lock = redis_client().lock(
             self.lock_name, timeout=TOKEN_LOCK_TIMEOUT, blocking_timeout=TOKEN_LOCK_TIMEOUT
         )
         if not lock.acquire():

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import NamedTuple
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
 import httpx
 import websockets
@@ -32,7 +31,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from websockets.asyncio.client import ClientConnection
 
-from .base import AuthenticationFailed, BadBrokerResponse, BrokerError, BrokerUnavailable
+from .base import KST, AuthenticationFailed, BadBrokerResponse, BrokerError, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 # websockets logs every frame at DEBUG, and registration frames carry the approval key: its logger
@@ -62,7 +61,6 @@ KIS_REALTIME_HOSTS = {
     "openapivts.koreainvestment.com": "ws://ops.koreainvestment.com:31000",
 }
 
-KST = ZoneInfo("Asia/Seoul")
 KRX_OPEN, KRX_CLOSE = time(9, 0), time(15, 30)
 
 

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from zoneinfo import ZoneInfo
-
 from django import template
 
-register = template.Library()
+from trading.brokers.base import KST
 
-MARKET_TZ = ZoneInfo("Asia/Seoul")
+register = template.Library()
 
 
 @register.filter
@@ -54,7 +52,7 @@ def clock(unix_seconds: int | None) -> str:
     """HH:MM:SS in Korean market time."""
     if not unix_seconds:
         return ""
-    return datetime.fromtimestamp(unix_seconds, MARKET_TZ).strftime("%H:%M:%S")
+    return datetime.fromtimestamp(unix_seconds, KST).strftime("%H:%M:%S")
 
 
 def ago(unix_seconds: int, now: float | None = None) -> str:
