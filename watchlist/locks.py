@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+
 from django.conf import settings
 from redis.exceptions import LockError
 from redis.lock import Lock

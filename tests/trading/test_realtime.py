@@ -32,7 +32,7 @@ from trading.brokers.realtime import (
     realtime_url,
     registration_message,
 )
-from trading.brokers.simulator.realtime import encrypt_payload
+from kis_simulator.realtime import encrypt_payload
 
 # Records in KIS's own format (46 and 26 fields), as the official samples print them.
 SAMSUNG = (

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from trading.brokers.simulator import SimulatorState
+from kis_simulator import SimulatorState
 
 BALANCE = "/uapi/domestic-stock/v1/trading/inquire-balance"
 ORDER = "/uapi/domestic-stock/v1/trading/order-cash"

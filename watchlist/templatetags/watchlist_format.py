@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+
 from django import template
 
 from trading.brokers.base import KST

@@ -33,15 +33,28 @@ import json
 import logging
 import secrets
 import string
+from typing import NamedTuple
 
 from aiohttp import WSMsgType, web
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ..realtime import FILL_TRS, MAX_REGISTRATIONS, PINGPONG, PRICE_TR, REALTIME_PATH, Registration
 from .control import BadInput, answer, is_number, is_whole, json_of
 from .seed import tick_size
 from .state import STOCK_CODE_RE, SimulatorState, now_kst
+
+# The real-time vocabulary, written from KIS's samples (examples_llm/domestic_stock/ccnl_krx,
+# ccnl_notice and kis_auth.py in koreainvestment/open-trading-api), not taken from the adapter.
+REALTIME_PATH = "/tryitout"
+PRICE_TR = "H0STCNT0"  # 국내주식 실시간체결가 (KRX)
+FILL_TRS = frozenset({"H0STCNI0", "H0STCNI9"})  # 실시간체결통보: real, paper
+PINGPONG = "PINGPONG"
+MAX_REGISTRATIONS = 41  # registrations per session
+
+
+class Registration(NamedTuple):
+    tr_id: str
+    tr_key: str
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""python -m trading.brokers.simulator --host 127.0.0.1 --port 8765  (--port 0 picks a free port)."""
+"""python -m kis_simulator --host 127.0.0.1 --port 8765  (--port 0 picks a free port)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from aiohttp import web
 from .app import create_app
 from .state import SimulatorState
 
-logger = logging.getLogger("trading.brokers.simulator")
+logger = logging.getLogger("kis_simulator")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trading.brokers.simulator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kis_simulator", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(

@@ -1,6 +1,6 @@
 """A local KIS Open API server for development, the demo and tests. Pure Python, no Django, no database.
 
-Run it:  python -m trading.brokers.simulator --host 127.0.0.1 --port 8765
+Run it:  python -m kis_simulator --host 127.0.0.1 --port 8765
     --port 0 picks a free port (the first line printed says which); --tick-interval SECONDS (default 1,
     0 keeps prices still); --timeout-delay SECONDS (default 30, see faults); --seed N; --access-log.
 
