@@ -16,7 +16,7 @@ from datetime import timedelta
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from watchlist import tasks as watchlist_tasks
+from watchlist import jobs as watchlist_jobs
 from watchlist.locks import trade_in_flight
 from watchlist.models import SyncState, WatchlistItem
 from watchlist.services import WatchlistService
@@ -134,7 +134,7 @@ def place_trade(
     if idempotency_key is not None and (key_error := idempotency_key_error(idempotency_key)):
         raise InvalidOrder({"idempotency_key": key_error})
     account = user_account(user=user, account_id=account_id)
-    with trade_in_flight(account.id):
+    with trade_in_flight(account.id, on_sync_wanted=watchlist_jobs.request_sync):
         if idempotency_key is None:
             return _trade(account, stock_code, side, qty, price, broker)
         return _idempotent_trade(user, idempotency_key, account, stock_code, side, qty, price, broker)
@@ -226,7 +226,7 @@ def _trade(
     except (BrokerTimeout, BadBrokerResponse) as exc:
         logger.warning("order state unknown (%s) %s", exc.reason, context)
         _save_order(order, Order.Status.UNKNOWN, exc)
-        watchlist_tasks.request_sync(account.id)
+        watchlist_jobs.request_sync(account.id)
         return TradeResult(
             TradeOutcome.STATE_UNKNOWN,
             "The broker did not confirm the order: its state is unknown. It was not retried; "
@@ -238,14 +238,14 @@ def _trade(
         _save_order(order, Order.Status.FAILED, exc)
         if isinstance(exc, BrokerUnavailable):
             # A server error can come after the broker took the order: let the account tell.
-            watchlist_tasks.request_sync(account.id)
+            watchlist_jobs.request_sync(account.id)
         return TradeResult(TradeOutcome.UNREACHABLE, f"The order could not be placed with the broker: {exc.message}",
                            stock_code, qty, broker_code=exc.msg_cd or None)
     except Exception as exc:
         # An adapter bug after the request left: the order may exist, so never answer as if it did not.
         logger.exception("order state unknown (unexpected error) %s", context)
         _save_order(order, Order.Status.UNKNOWN, BrokerError(f"unexpected {type(exc).__name__} in the adapter"))
-        watchlist_tasks.request_sync(account.id)
+        watchlist_jobs.request_sync(account.id)
         return TradeResult(TradeOutcome.STATE_UNKNOWN,
                            "The order's state is unknown after an internal error. It was not retried; the "
                            "watchlist will follow the account at the next sync.", stock_code, qty)
@@ -275,7 +275,7 @@ def _apply_accepted_order(order: Order, broker: Broker) -> int | None:
     except Exception:
         logger.exception("accepted order_no=%s account=%s stock=%s not applied to the watchlist",
                          order.order_no, order.account_id, order.stock_code)
-        watchlist_tasks.request_sync(order.account_id)
+        watchlist_jobs.request_sync(order.account_id)
         return None
     logger.info("watchlist updated account=%s stock=%s order_no=%s version=%s",
                 order.account_id, order.stock_code, order.order_no, version)

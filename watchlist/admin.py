@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 
 from .models import PendingTrade, SyncState, Watchlist, WatchlistChange, WatchlistItem
-from .tasks import request_sync
+from .jobs import request_sync
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

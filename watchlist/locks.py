@@ -13,14 +13,15 @@ Two locks per account, for two different jobs:
 
 A sync that finds the sync lock taken does not just give up: the reason it was asked for (a fill
 notice, a trade to reconcile) may postdate the holder's balance read. It leaves a "sync wanted" mark,
-and whoever releases the sync lock queues one more sync when it finds the mark. The mark is set
-before trying the lock and read after releasing it, so a request is never lost between the two.
+and whoever releases the sync lock finds the mark and tells its caller (`on_sync_wanted`), which
+queues one more sync. The mark is set before trying the lock and read after releasing it, so a
+request is never lost between the two. This module only locks: it queues nothing itself.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
@@ -64,10 +65,13 @@ def account_lock(account_id: int) -> Iterator[None]:
         _release(lock, account_id, "write")
 
 
+SyncWanted = Callable[[int], None]
+
+
 @contextmanager
-def sync_in_progress(account_id: int) -> Iterator[bool]:
+def sync_in_progress(account_id: int, *, on_sync_wanted: SyncWanted) -> Iterator[bool]:
     """Yields True when this caller may sync the account, False when the sync lock is taken (then the
-    holder queues another sync when it is done)."""
+    holder's `on_sync_wanted` is called when it is done)."""
     wanted = _key(account_id, "sync-wanted")
     redis_client().set(wanted, 1, ex=2 * settings.WATCHLIST_LOCK_TIMEOUT)
     lock = _lock(account_id, "sync")
@@ -78,28 +82,26 @@ def sync_in_progress(account_id: int) -> Iterator[bool]:
         yield acquired
     finally:
         if acquired:
-            _release_sync_lock(lock, account_id)
+            _release_sync_lock(lock, account_id, on_sync_wanted)
 
 
 @contextmanager
-def trade_in_flight(account_id: int) -> Iterator[None]:
+def trade_in_flight(account_id: int, *, on_sync_wanted: SyncWanted) -> Iterator[None]:
     """Held by a trade from before its order leaves until its optimistic change is committed.
 
     It is the sync lock, taken with waiting: a trade waits for a running sync, and a sync that comes
-    meanwhile is queued again once the trade is done."""
+    meanwhile is reported to `on_sync_wanted` once the trade is done."""
     lock = _lock(account_id, "sync")
     if not lock.acquire(blocking_timeout=settings.WATCHLIST_LOCK_TIMEOUT + 5):
         raise AccountLockTimeout(f"sync lock of account {account_id} not acquired for a trade")
     try:
         yield
     finally:
-        _release_sync_lock(lock, account_id)
+        _release_sync_lock(lock, account_id, on_sync_wanted)
 
 
-def _release_sync_lock(lock: Lock, account_id: int) -> None:
+def _release_sync_lock(lock: Lock, account_id: int, on_sync_wanted: SyncWanted) -> None:
     _release(lock, account_id, "sync")
     if redis_client().getdel(_key(account_id, "sync-wanted")):
-        from .tasks import request_sync  # imported late: the tasks import the services, which import this
-
-        logger.info("sync of account=%s was asked for while its sync lock was held: queued again", account_id)
-        request_sync(account_id)
+        logger.info("sync of account=%s was asked for while its sync lock was held: asking again", account_id)
+        on_sync_wanted(account_id)

@@ -63,7 +63,7 @@ from trading.brokers.realtime import (
 )
 from trading.models import BrokerAccount
 
-from . import events, tasks
+from . import events, jobs
 from .models import WatchlistItem
 
 logger = logging.getLogger(__name__)
@@ -387,6 +387,6 @@ class PriceFeed:
                 notice.qty,
                 notice.price,
             )
-            task = asyncio.create_task(database_sync_to_async(tasks.request_sync)(account.id))
+            task = asyncio.create_task(database_sync_to_async(jobs.request_sync)(account.id))
             self._fill_syncs.add(task)
             task.add_done_callback(self._fill_syncs.discard)

@@ -49,7 +49,7 @@ from django.utils import timezone
 from trading.brokers.base import Broker, BrokerError, validate_order
 from trading.models import BrokerAccount
 
-from . import events
+from . import events, jobs
 from .diff import ItemState, WatchlistDiff, diff_items, holdings_from_balance
 from .locks import account_lock, sync_in_progress
 from .models import PendingTrade, SyncState, Watchlist, WatchlistChange, WatchlistItem
@@ -181,7 +181,7 @@ class WatchlistService:
     def sync_with_account(self) -> SyncResult:
         """Make the watchlist the account's holdings. Raises BrokerError, leaving the watchlist untouched."""
         watchlist = self._watchlist()
-        with sync_in_progress(self.account.id) as acquired:
+        with sync_in_progress(self.account.id, on_sync_wanted=jobs.request_sync) as acquired:
             if not acquired:
                 logger.info("sync skipped account=%s: a sync or trade of it is running and will queue "
                             "another sync when done", self.account.id)
@@ -246,9 +246,7 @@ class WatchlistService:
                 )
         logger.info("trade event account=%s %s %s x%s order=%s version=%s changes=%s",
                     self.account.id, trade_type, stock_code, qty, order_id or "-", version, changes.as_dict())
-        from .tasks import request_sync  # imported late: tasks import this module
-
-        request_sync(self.account.id)
+        jobs.request_sync(self.account.id)
         return version
 
     # --- writing ----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Celery tasks: thin. They load ids and call the services; queued only after the caller's commit.
+"""Celery tasks: thin. They load ids and call the services. Services ask for a sync with
+`jobs.request_sync` (by task name, after the caller's commit), never by importing this module.
 
 Beat runs `dispatch_due_syncs` every few seconds; it claims the due accounts in one UPDATE and queues
 one `sync_account` per account, so every account syncs every WATCHLIST_SYNC_INTERVAL, a failing
@@ -11,17 +12,17 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
-from django.db import transaction
 
 from trading.brokers.base import BrokerError
 from trading.models import BrokerAccount
 
+from .jobs import SYNC_ACCOUNT
 from .services import claim_due_syncs, sync_and_record
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="watchlist.tasks.sync_account", ignore_result=True)
+@shared_task(name=SYNC_ACCOUNT, ignore_result=True)
 def sync_account(account_id: int) -> None:
     account = BrokerAccount.objects.filter(pk=account_id).first()
     if account is None:
@@ -43,8 +44,3 @@ def dispatch_due_syncs() -> int:
     if account_ids:
         logger.info("queued %d account syncs", len(account_ids))
     return len(account_ids)
-
-
-def request_sync(account_id: int) -> None:
-    """Queue a sync of the account once the current transaction commits (at once outside one)."""
-    transaction.on_commit(lambda: sync_account.delay(account_id), robust=True)

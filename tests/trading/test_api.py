@@ -447,9 +447,11 @@ def test_a_database_outage_is_503_json(user, account, memory_broker, monkeypatch
 
 
 def test_a_busy_account_is_503_and_nothing_is_sent(api, account, memory_broker, settings, redis_client):
+    from watchlist.jobs import request_sync
     from watchlist.locks import sync_in_progress
 
-    with sync_in_progress(account.id) as acquired:  # a sync that outlasts the trade's patience
+    # A sync that outlasts the trade's patience:
+    with sync_in_progress(account.id, on_sync_wanted=request_sync) as acquired:
         assert acquired
         settings.WATCHLIST_LOCK_TIMEOUT = 1
         response = post(api, BUY, {"qty": 1})

@@ -1,13 +1,13 @@
 """The per-account Redis locks (real Redis)."""
 
-import json
 import time
+from functools import partial
 
 import pytest
 
-from watchlist.locks import account_lock, redis_client, sync_in_progress, trade_in_flight
-
-pytestmark = pytest.mark.django_db  # a sync queued again is queued after the commit
+from trading.redis import redis_client
+from watchlist import locks
+from watchlist.locks import account_lock
 
 ACCOUNT, OTHER = 101, 102
 
@@ -15,6 +15,20 @@ ACCOUNT, OTHER = 101, 102
 @pytest.fixture(autouse=True)
 def clean_redis(redis_client):
     """Locks of this Redis db start empty."""
+
+
+@pytest.fixture
+def wanted() -> list[int]:
+    """The accounts whose sync a lock holder was told to ask for again."""
+    return []
+
+
+def ignore_wanted(account_id: int) -> None:
+    pass
+
+
+sync_in_progress = partial(locks.sync_in_progress, on_sync_wanted=ignore_wanted)
+trade_in_flight = partial(locks.trade_in_flight, on_sync_wanted=ignore_wanted)
 
 
 def test_a_second_sync_of_an_account_is_refused_at_once_while_one_runs():
@@ -25,38 +39,27 @@ def test_a_second_sync_of_an_account_is_refused_at_once_while_one_runs():
         assert again
 
 
-def queued_syncs(redis_client) -> list[str]:
-    messages = [json.loads(raw)["headers"] for raw in redis_client.lrange("celery", 0, -1)]
-    return [m["argsrepr"] for m in messages if m["task"] == "watchlist.tasks.sync_account"]
-
-
-def test_a_sync_skipped_while_another_runs_is_queued_again_when_that_one_ends(
-    redis_client, django_capture_on_commit_callbacks
-):
-    with django_capture_on_commit_callbacks(execute=True), sync_in_progress(ACCOUNT):
+def test_a_sync_skipped_while_another_runs_is_asked_for_again_when_that_one_ends(wanted):
+    with locks.sync_in_progress(ACCOUNT, on_sync_wanted=wanted.append):
         with sync_in_progress(ACCOUNT) as skipped:
             assert not skipped
-        assert queued_syncs(redis_client) == []
-    assert queued_syncs(redis_client) == [f"({ACCOUNT},)"]
+        assert wanted == []
+    assert wanted == [ACCOUNT]
 
 
-def test_a_sync_skipped_during_a_trade_is_queued_again_when_the_trade_ends(
-    redis_client, django_capture_on_commit_callbacks
-):
-    with django_capture_on_commit_callbacks(execute=True), trade_in_flight(ACCOUNT):
+def test_a_sync_skipped_during_a_trade_is_asked_for_again_when_the_trade_ends(wanted):
+    with locks.trade_in_flight(ACCOUNT, on_sync_wanted=wanted.append):
         with sync_in_progress(ACCOUNT) as skipped:
             assert not skipped
-    assert queued_syncs(redis_client) == [f"({ACCOUNT},)"]
+    assert wanted == [ACCOUNT]
 
 
-def test_nothing_is_queued_when_no_sync_was_skipped(redis_client, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        with trade_in_flight(ACCOUNT):
-            pass
-        with sync_in_progress(ACCOUNT) as ran:
-            assert ran
-    assert callbacks == []
-    assert queued_syncs(redis_client) == []
+def test_nothing_is_asked_for_when_no_sync_was_skipped(wanted):
+    with locks.trade_in_flight(ACCOUNT, on_sync_wanted=wanted.append):
+        pass
+    with locks.sync_in_progress(ACCOUNT, on_sync_wanted=wanted.append) as ran:
+        assert ran
+    assert wanted == []
 
 
 def test_a_crashed_holder_blocks_the_account_only_until_the_lock_times_out(settings):

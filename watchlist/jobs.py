@@ -1,0 +1,15 @@
+"""Asking for background work by task name, so that the services that ask never import the tasks that
+call them (watchlist.tasks imports the services; Celery's `send_task` is its way to keep producers
+apart from task modules)."""
+
+from __future__ import annotations
+
+from celery import current_app
+from django.db import transaction
+
+SYNC_ACCOUNT = "watchlist.tasks.sync_account"
+
+
+def request_sync(account_id: int) -> None:
+    """Queue a sync of the account once the current transaction commits (at once outside one)."""
+    transaction.on_commit(lambda: current_app.send_task(SYNC_ACCOUNT, (account_id,)), robust=True)
