@@ -1,8 +1,9 @@
-"""Order placement: validate, place once with the broker, update the watchlist optimistically, record.
+"""Placing an order with the broker, once: validate, send, record. Nothing here knows of watchlists.
 
 Money is involved, so two rules shape this module. Nothing invalid reaches the broker (the rules
 are `trading.brokers.base`'s). An order leaves the process at most once per request and per
-Idempotency-Key: a failed or timed-out order is never retried; the account is re-read instead.
+Idempotency-Key: a failed or timed-out order is never retried; the caller has the account re-read
+instead (`OrderResult.needs_reconcile`).
 """
 
 from __future__ import annotations
@@ -10,16 +11,12 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
-
-from watchlist import jobs as watchlist_jobs
-from watchlist.locks import trade_in_flight
-from watchlist.models import SyncState, WatchlistItem
-from watchlist.services import WatchlistService
 
 from .brokers.base import (
     BadBrokerResponse,
@@ -27,10 +24,8 @@ from .brokers.base import (
     BrokerError,
     BrokerTimeout,
     BrokerUnavailable,
-    InvalidOrder,
     OrderRejected,
     Side,
-    validate_order,
 )
 from .models import BrokerAccount, IdempotencyKey, Order
 
@@ -64,25 +59,15 @@ class TradeOutcome(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class TradeResult:
+class OrderResult:
+    """What became of one order. `needs_reconcile`: the order may exist although it was not
+    confirmed, so only a read of the account can tell."""
+
     outcome: TradeOutcome
     message: str
-    stock_code: str
-    qty: int
-    order_id: str | None = None
-    watchlist_version: int | None = None
+    order_no: str | None = None
     broker_code: str | None = None
-
-    @property
-    def success(self) -> bool:
-        return self.outcome is TradeOutcome.ACCEPTED
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "outcome": self.outcome.value}
-
-    @classmethod
-    def from_json(cls, data: dict) -> TradeResult:
-        return cls(**{**data, "outcome": TradeOutcome(data["outcome"])})
+    needs_reconcile: bool = False
 
 
 def user_account(*, user, account_id: int | None = None) -> BrokerAccount:
@@ -101,67 +86,38 @@ def user_account(*, user, account_id: int | None = None) -> BrokerAccount:
     return account
 
 
+# --- Idempotency --------------------------------------------------------------------------------
+
 def idempotency_key_error(key: object) -> str | None:
     if not isinstance(key, str) or not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH or not key.isprintable():
         return f"An Idempotency-Key is 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable characters."
     return None
 
 
-def place_trade(
-    *,
-    user,
-    account_id: int | None,
-    stock_code: str,
-    side: Side,
-    qty: int,
-    price: int | None = None,
-    idempotency_key: str | None = None,
-    broker: Broker | None = None,
-) -> TradeResult:
-    """Place one cash order for the user and apply it to the watchlist at once.
+def run_once(*, user, key: str, action: Callable[[], dict]) -> dict | None:
+    """Run `action` for the first request of `user` with `key` and store its JSON-able answer.
 
-    Raises InvalidOrder (bad input, nothing sent), AccountNotFound, and AccountLockTimeout (the
-    account stayed busy, nothing sent); every other outcome, including the broker's refusals and
-    failures, is a TradeResult. With an `idempotency_key`, the first valid request with that key
-    is the only one that can send an order; later ones (concurrent ones wait for it) get its
-    result. Must not run inside a transaction: the key has to be visible to other processes
-    before the order leaves.
-
-    Trades of one account take turns, and no sync of it runs meanwhile (`trade_in_flight`), from
-    before the order leaves until the watchlist holds its optimistic change.
-    """
-    validate_order(stock_code, side, qty, price)
-    if idempotency_key is not None and (key_error := idempotency_key_error(idempotency_key)):
-        raise InvalidOrder({"idempotency_key": key_error})
-    account = user_account(user=user, account_id=account_id)
-    with trade_in_flight(account.id, on_sync_wanted=watchlist_jobs.request_sync):
-        if idempotency_key is None:
-            return _trade(account, stock_code, side, qty, price, broker)
-        return _idempotent_trade(user, idempotency_key, account, stock_code, side, qty, price, broker)
-
-
-def _idempotent_trade(user, key: str, account: BrokerAccount, stock_code: str, side: Side, qty: int,
-                      price: int | None, broker: Broker | None) -> TradeResult:
-    claim, earlier_result = _claim_idempotency_key(user, key, stock_code, qty)
-    if earlier_result is not None:
-        logger.info("idempotent replay account=%s stock=%s key_id=%s outcome=%s",
-                    account.id, stock_code, claim.id, earlier_result.outcome.value)
-        return earlier_result
-    result = _trade(account, stock_code, side, qty, price, broker)
+    A later request with the key gets the stored answer; one that arrives while the first is in
+    flight waits for it (IDEMPOTENCY_WAIT). None: the first request is still running or ended without
+    an answer, so what it did is unknown. Must not run inside a transaction: the key has to be
+    visible to other processes before `action` runs."""
+    claim, earlier = _claim(user, key)
+    if claim is None:
+        return earlier
+    answer = action()
     try:
-        IdempotencyKey.objects.filter(pk=claim.pk).update(result=result.to_json())
+        IdempotencyKey.objects.filter(pk=claim.pk).update(result=answer)
     except DatabaseError:
-        # The order's outcome matters more to the caller than the stored copy; a repeat of this
-        # key then finds the claim without a result and is told the state is unknown.
-        logger.exception("could not store the result of key_id=%s account=%s order_id=%s",
-                         claim.id, account.id, result.order_id)
-    return result
+        # The answer matters more to the caller than its stored copy; a repeat of this key then
+        # finds the claim without a result and is told the state is unknown.
+        logger.exception("could not store the answer of idempotency key_id=%s", claim.id)
+    return answer
 
 
-def _claim_idempotency_key(user, key: str, stock_code: str, qty: int) -> tuple[IdempotencyKey, TradeResult | None]:
-    """Insert the (user, key) row, or find the existing one and wait for its result.
+def _claim(user, key: str) -> tuple[IdempotencyKey | None, dict | None]:
+    """Insert the (user, key) row, or find the existing one and wait for its answer.
 
-    Returns the claim and, when another request owns the key, that request's result."""
+    Returns (the new claim, None), or (None, the earlier request's answer or None)."""
     IdempotencyKey.objects.filter(user=user, key=key, created_at__lt=timezone.now() - IDEMPOTENCY_TTL).delete()
     try:
         with transaction.atomic():
@@ -172,46 +128,24 @@ def _claim_idempotency_key(user, key: str, stock_code: str, qty: int) -> tuple[I
     while claim.result is None and timezone.now() < claim.created_at + IDEMPOTENCY_WAIT:
         time.sleep(IDEMPOTENCY_POLL_SECONDS)
         claim.refresh_from_db(fields=["result"])
-    if claim.result is not None:
-        return claim, TradeResult.from_json(claim.result)
-    return claim, TradeResult(
-        TradeOutcome.KEY_IN_FLIGHT,
-        "A request with this Idempotency-Key is still in progress or ended without an answer; "
-        "its order state is unknown. Check the watchlist before trading again.",
-        stock_code,
-        qty,
-    )
+    logger.info("idempotent replay key_id=%s answered=%s", claim.id, claim.result is not None)
+    return None, claim.result
 
 
-def _held_quantity(account: BrokerAccount, stock_code: str) -> int | None:
-    """What the watchlist holds of `stock_code`, or None when it never synced (nothing to go by)."""
-    if not SyncState.objects.filter(account=account, last_success_at__isnull=False).exists():
-        return None
-    item = WatchlistItem.objects.filter(watchlist__account=account, stock_code=stock_code).only("quantity").first()
-    return item.quantity if item else 0
-
+# --- Orders -------------------------------------------------------------------------------------
 
 def _exceeds_orderable(exc: OrderRejected) -> bool:
     return exc.msg_cd in EXCEEDS_ORDERABLE_CODES or "주문가능수량" in exc.message.replace(" ", "")
 
 
-def _trade(
-    account: BrokerAccount, stock_code: str, side: Side, qty: int, price: int | None, broker: Broker | None
-) -> TradeResult:
-    context = f"account={account.id} stock={stock_code} side={side} qty={qty} price={price}"
-    if side == "sell":
-        held = _held_quantity(account, stock_code)
-        if held is not None and qty > held:
-            logger.info("sell refused, exceeds holdings %s held=%s", context, held)
-            return TradeResult(
-                TradeOutcome.EXCEEDS_HOLDINGS,
-                f"Cannot sell {qty:,} of {stock_code}: the account holds {held:,}.",
-                stock_code,
-                qty,
-            )
+def place_order(*, account: BrokerAccount, stock_code: str, side: Side, qty: int, price: int | None,
+                broker: Broker | None = None) -> OrderResult:
+    """Send one validated cash order (market when `price` is None) and record it as an `Order`.
 
+    Never raises for what the broker does: every refusal and failure is an OrderResult."""
+    context = f"account={account.id} stock={stock_code} side={side} qty={qty} price={price}"
     if broker is None:
-        from .brokers import broker_for
+        from .brokers import broker_for  # resolved per call: tests put their broker in its place
 
         broker = broker_for(account)
     order = Order(account=account, side=side, stock_code=stock_code, qty=qty, price=price)
@@ -221,41 +155,44 @@ def _trade(
         logger.info("order rejected %s msg_cd=%s message=%s", context, exc.msg_cd, exc.message)
         _save_order(order, Order.Status.REJECTED, exc)
         outcome = TradeOutcome.EXCEEDS_HOLDINGS if _exceeds_orderable(exc) else TradeOutcome.REJECTED
-        return TradeResult(outcome, f"The broker rejected the order: {exc.message}", stock_code, qty,
-                           broker_code=exc.msg_cd or None)
+        return OrderResult(outcome, f"The broker rejected the order: {exc.message}", broker_code=exc.msg_cd or None)
     except (BrokerTimeout, BadBrokerResponse) as exc:
         logger.warning("order state unknown (%s) %s", exc.reason, context)
         _save_order(order, Order.Status.UNKNOWN, exc)
-        watchlist_jobs.request_sync(account.id)
-        return TradeResult(
+        return OrderResult(
             TradeOutcome.STATE_UNKNOWN,
             "The broker did not confirm the order: its state is unknown. It was not retried; "
             "the watchlist will follow the account at the next sync.",
-            stock_code, qty, broker_code=exc.msg_cd or None,
+            broker_code=exc.msg_cd or None, needs_reconcile=True,
         )
     except BrokerError as exc:
         logger.warning("order failed (%s) %s msg_cd=%s", exc.reason, context, exc.msg_cd)
         _save_order(order, Order.Status.FAILED, exc)
-        if isinstance(exc, BrokerUnavailable):
-            # A server error can come after the broker took the order: let the account tell.
-            watchlist_jobs.request_sync(account.id)
-        return TradeResult(TradeOutcome.UNREACHABLE, f"The order could not be placed with the broker: {exc.message}",
-                           stock_code, qty, broker_code=exc.msg_cd or None)
+        return OrderResult(TradeOutcome.UNREACHABLE, f"The order could not be placed with the broker: {exc.message}",
+                           broker_code=exc.msg_cd or None,
+                           # A server error can come after the broker took the order: let the account tell.
+                           needs_reconcile=isinstance(exc, BrokerUnavailable))
     except Exception as exc:
         # An adapter bug after the request left: the order may exist, so never answer as if it did not.
         logger.exception("order state unknown (unexpected error) %s", context)
         _save_order(order, Order.Status.UNKNOWN, BrokerError(f"unexpected {type(exc).__name__} in the adapter"))
-        watchlist_jobs.request_sync(account.id)
-        return TradeResult(TradeOutcome.STATE_UNKNOWN,
+        return OrderResult(TradeOutcome.STATE_UNKNOWN,
                            "The order's state is unknown after an internal error. It was not retried; the "
-                           "watchlist will follow the account at the next sync.", stock_code, qty)
+                           "watchlist will follow the account at the next sync.", needs_reconcile=True)
 
     logger.info("order accepted %s order_no=%s", context, order.order_no)
-    version = _apply_accepted_order(order, broker)
     kind = f"at {price:,} KRW" if price is not None else "at market"
-    return TradeResult(TradeOutcome.ACCEPTED,
-                       f"The {side} order for {qty:,} of {stock_code} {kind} was accepted (order {order.order_no}).",
-                       stock_code, qty, order_id=order.order_no, watchlist_version=version)
+    accepted = OrderResult(
+        TradeOutcome.ACCEPTED,
+        f"The {side} order for {qty:,} of {stock_code} {kind} was accepted (order {order.order_no}).",
+        order_no=order.order_no,
+    )
+    try:
+        _save_order(order, Order.Status.ACCEPTED)
+    except DatabaseError:
+        logger.exception("accepted order_no=%s not recorded %s", order.order_no, context)
+        return replace(accepted, needs_reconcile=True)
+    return accepted
 
 
 def _save_order(order: Order, status: Order.Status, error: BrokerError | None = None) -> None:
@@ -263,20 +200,3 @@ def _save_order(order: Order, status: Order.Status, error: BrokerError | None = 
     if error is not None:
         order.broker_code, order.message = error.msg_cd, error.message
     order.save()
-
-
-def _apply_accepted_order(order: Order, broker: Broker) -> int | None:
-    """Record the accepted order and update the watchlist; the order stands whatever fails here."""
-    try:
-        _save_order(order, Order.Status.ACCEPTED)
-        version = WatchlistService(order.account, broker=broker).handle_trade_event(
-            order.stock_code, order.side, order.qty, order_id=order.order_no, price=order.price
-        )
-    except Exception:
-        logger.exception("accepted order_no=%s account=%s stock=%s not applied to the watchlist",
-                         order.order_no, order.account_id, order.stock_code)
-        watchlist_jobs.request_sync(order.account_id)
-        return None
-    logger.info("watchlist updated account=%s stock=%s order_no=%s version=%s",
-                order.account_id, order.stock_code, order.order_no, version)
-    return version

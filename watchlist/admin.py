@@ -8,8 +8,8 @@ dispatcher queues.
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 
-from .models import PendingTrade, SyncState, Watchlist, WatchlistChange, WatchlistItem
 from .jobs import request_sync
+from .models import PendingTrade, SyncState, Watchlist, WatchlistChange, WatchlistItem
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

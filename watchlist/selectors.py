@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from trading.models import BrokerAccount
+from trading.services import AccountNotFound, user_account
 
 from .models import SyncState, Watchlist, WatchlistItem
 
@@ -66,3 +67,13 @@ def snapshot_of_account(account_id: int) -> dict | None:
     gone. The app key and secret are not read: a snapshot never needs them."""
     account = BrokerAccount.objects.defer("app_key", "app_secret").filter(pk=account_id).first()
     return None if account is None else watchlist_snapshot(account)
+
+
+def account_from_param(user, account_param: str | None) -> BrokerAccount | None:
+    """The account an `?account=<id>` parameter picks (the user's first without one); None when it
+    names no account of theirs. The page and the socket pick the same way."""
+    account_id = int(account_param) if account_param and account_param.isdecimal() else account_param
+    try:
+        return user_account(user=user, account_id=account_id)
+    except AccountNotFound:
+        return None

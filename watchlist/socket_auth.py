@@ -23,7 +23,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 
-from .views import requested_account
+from .selectors import account_from_param
 
 TOKEN_KEYWORD = "token"
 
@@ -64,5 +64,5 @@ class SocketOwner:
 def socket_owner(headers: list[tuple[bytes, bytes]], account_param: str | None) -> SocketOwner:
     key = token_from_headers(headers)
     user = user_for_token(key) if key is not None else user_for_session(headers)
-    account = requested_account(user, account_param) if user.is_authenticated else None
+    account = account_from_param(user, account_param) if user.is_authenticated else None
     return SocketOwner(user, key is not None, account.id if account else None)

@@ -5,20 +5,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from trading.models import BrokerAccount
-from trading.services import AccountNotFound, user_account
-
-from .selectors import watchlist_snapshot
-
-
-def requested_account(user, account_param: str | None) -> BrokerAccount | None:
-    """The account an `?account=<id>` parameter picks (the user's first without one); None when it
-    names no account of theirs. The page and the socket pick the same way."""
-    account_id = int(account_param) if account_param and account_param.isdecimal() else account_param
-    try:
-        return user_account(user=user, account_id=account_id)
-    except AccountNotFound:
-        return None
+from .selectors import account_from_param, watchlist_snapshot
 
 
 @login_required
@@ -27,7 +14,7 @@ def watchlist_page(request: HttpRequest) -> HttpResponse:
     accounts = list(request.user.broker_accounts.all())
     if not accounts:
         return render(request, "watchlist/page.html", {"accounts": accounts})
-    account = requested_account(request.user, request.GET.get("account"))
+    account = account_from_param(request.user, request.GET.get("account"))
     if account is None:
         raise Http404("No such account.")
     return render(

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import websockets
 
+from kis_simulator.realtime import encrypt_payload
 from tests.fixtures.simulator import DEMO_CANO
 from trading.brokers.base import BadBrokerResponse
 from trading.brokers.realtime import (
@@ -32,7 +33,6 @@ from trading.brokers.realtime import (
     realtime_url,
     registration_message,
 )
-from kis_simulator.realtime import encrypt_payload
 
 # Records in KIS's own format (46 and 26 fields), as the official samples print them.
 SAMSUNG = (

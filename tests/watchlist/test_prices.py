@@ -20,9 +20,9 @@ from tests.fixtures.servers import server_env
 from tests.fixtures.simulator import DEMO_CANO
 from tests.trading.test_realtime import feed_control, feed_view, registrations_of
 from trading.brokers.realtime import FILL_TR_PAPER, PRICE_TR
-from trading.services import place_trade
 from watchlist.models import SyncState, Watchlist, WatchlistItem
 from watchlist.prices import PriceFeed, assign_codes, store_prices
+from watchlist.trades import place_trade
 
 from .broadcasts import GroupListener
 

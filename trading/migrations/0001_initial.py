@@ -2,9 +2,10 @@
 
 import django.core.validators
 import django.db.models.deletion
-import trading.fields
 from django.conf import settings
 from django.db import migrations, models
+
+import trading.fields
 
 
 class Migration(migrations.Migration):

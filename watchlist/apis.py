@@ -26,10 +26,10 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
-from watchlist.selectors import watchlist_snapshot
-from watchlist.services import sync_and_record
+from trading.brokers.base import BrokerError, Side, stock_code_error
+from trading.services import MAX_ACCOUNT_ID, TradeOutcome, user_account
 
-from .brokers.base import BrokerError, Side, stock_code_error
+from .selectors import watchlist_snapshot
 from .serializers import (
     AccountIdField,
     ChangesSerializer,
@@ -38,7 +38,8 @@ from .serializers import (
     QuantityField,
     SnapshotSerializer,
 )
-from .services import MAX_ACCOUNT_ID, TradeOutcome, place_trade, user_account
+from .services import sync_and_record
+from .trades import place_trade
 
 TRADE_STATUS = {
     TradeOutcome.ACCEPTED: status.HTTP_200_OK,

@@ -13,9 +13,10 @@ import pytest
 import schemathesis
 from django.contrib.staticfiles import finders
 from django.core import signals
-from django.db import close_old_connections
 from django.core.wsgi import get_wsgi_application
-from hypothesis import HealthCheck, given, settings, strategies as st
+from django.db import close_old_connections
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from schemathesis.checks import (

@@ -1,4 +1,4 @@
-"""Serializer fields and shapes shared by the trading APIs.
+"""Serializer fields and shapes shared by the APIs.
 
 Order fields are checked by the broker layer's own rules (`trading.brokers.base.*_error`), and
 strictly: JSON `"10"`, `10.0` and `true` are not quantities.
@@ -11,8 +11,8 @@ from collections.abc import Callable
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .brokers.base import MAX_ORDER_PRICE, MAX_ORDER_QTY, price_error, qty_error
-from .services import MAX_ACCOUNT_ID
+from trading.brokers.base import MAX_ORDER_PRICE, MAX_ORDER_QTY, price_error, qty_error
+from trading.services import MAX_ACCOUNT_ID
 
 
 class CheckedField(serializers.Field):
