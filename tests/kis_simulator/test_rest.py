@@ -12,7 +12,7 @@ BALANCE_QUERY = {
     "ACNT_PRDT_CD": "01",
     "AFHR_FLPR_YN": "N",
     "OFL_YN": "",
-    "INQR_DVSN": "02",
+    "INQR_DVSN": "01",
     "UNPR_DVSN": "01",
     "FUND_STTL_ICLD_YN": "N",
     "FNCG_AMT_AUTO_RDPT_YN": "N",
@@ -92,12 +92,25 @@ def many_holdings(count: int) -> list[dict]:
     return [{"stock_code": f"9{i:05d}", "quantity": i + 1, "avg_price": 10_000 + i} for i in range(count)]
 
 
-def test_token_is_reused_within_hours_and_survives_reset(simulator, wire):
+def test_a_second_token_within_a_minute_is_refused_and_reset_forgets_the_issue(simulator, wire):
+    again = wire.issue_token()
+    assert again.status_code == 403
+    assert again.json() == {
+        "error_code": "EGW00133",
+        "error_description": "접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회)",
+    }
+    assert wire.issue_token(appkey="another-key").status_code == 200  # the rule is per app key
+    simulator.reset()
+    assert wire.price("005930").json()["rt_cd"] == "0"  # tokens outlive a reset
+    assert wire.issue_token().json()["access_token"] == wire.token  # the same token within 6 h
+
+
+def test_the_token_rule_can_be_lifted(simulator, wire):
+    simulator.set_limits(token_issue_interval=0)
     again = wire.issue_token().json()
     assert again["access_token"] == wire.token
     assert again["token_type"] == "Bearer" and 0 < again["expires_in"] <= 86_400
-    simulator.reset()
-    assert wire.price("005930").json()["rt_cd"] == "0"
+    assert simulator.limits()["token_issue_interval"] == 0
 
 
 def test_empty_app_key_or_secret_answers_kis_error(wire):
@@ -107,30 +120,51 @@ def test_empty_app_key_or_secret_answers_kis_error(wire):
         assert response.json()["error_code"] == code
 
 
-def test_headers_are_checked_like_kis(simulator, wire):
-    def refusal(response: httpx.Response) -> str:
-        assert response.json()["rt_cd"] == "1"
-        return response.json()["msg_cd"]
+@pytest.mark.parametrize(
+    ("header", "value", "status", "msg_cd"),
+    [
+        ("authorization", None, 500, "EGW00205"),
+        ("authorization", "Bearer nope", 500, "EGW00121"),
+        ("appkey", None, 403, "EGW00102"),
+        ("appsecret", None, 403, "EGW00104"),
+        ("tr_id", None, 500, "OPSQ9999"),
+        ("tr_id", "XXXX0000R", 500, "OPSQ0002"),
+        ("custtype", None, 500, "EGW00208"),
+        ("custtype", "X", 500, "EGW00208"),
+    ],
+)
+def test_missing_or_wrong_headers_are_refused_like_kis(simulator, wire, header, value, status, msg_cd):
+    headers = wire.headers("VTTC8434R")
+    if value is None:
+        del headers[header]
+    else:
+        headers[header] = value
+    response = wire.http.get(BALANCE, params=BALANCE_QUERY | {"CANO": "50123456"}, headers=headers)
+    assert response.status_code == status
+    assert response.json()["rt_cd"] == "1" and response.json()["msg_cd"] == msg_cd
+    assert response.headers["tr_id"] == (value or "(null)" if header == "tr_id" else "VTTC8434R")
 
-    query = BALANCE_QUERY | {"CANO": "50123456"}
-    assert (
-        refusal(
-            wire.http.get(
-                BALANCE, params=query, headers=wire.headers("VTTC8434R", authorization="Bearer nope")
-            )
-        )
-        == "EGW00121"
-    )
-    assert refusal(wire.http.get(BALANCE, params=query, headers=wire.headers("XXXX0000R"))) == "OPSQ0002"
-    assert refusal(wire.balance("50123456", tr_id="TTTC8434R")) == "EGW02006"
-    assert (
-        refusal(wire.http.get(BALANCE, params=query, headers=wire.headers("VTTC8434R", custtype="")))
-        == "OPSQ2002"
-    )
-    assert (
-        refusal(wire.http.get(BALANCE, params={"CANO": "50123456"}, headers=wire.headers("VTTC8434R")))
-        == "OPSQ2001"
-    )
+
+def test_environment_and_input_checks(simulator, wire):
+    wrong_environment = wire.balance("50123456", tr_id="TTTC8434R").json()
+    assert (wrong_environment["rt_cd"], wrong_environment["msg_cd"]) == ("1", "EGW02006")
+    missing = wire.http.get(BALANCE, params={"CANO": "50123456"}, headers=wire.headers("VTTC8434R"))
+    assert missing.status_code == 200
+    assert (missing.json()["rt_cd"], missing.json()["msg_cd"]) == ("2", "OPSQ2001")
+    bad_account = wire.balance("5012345X").json()
+    assert (bad_account["rt_cd"], bad_account["msg_cd"]) == ("2", "OPSQ2000")
+
+
+@pytest.mark.parametrize("inqr_dvsn", ["02", "00", ""])
+def test_balance_by_stock_is_refused_as_kis_does_since_2026_02_10(simulator, wire, inqr_dvsn):
+    query = BALANCE_QUERY | {"CANO": "50123456", "INQR_DVSN": inqr_dvsn}
+    response = wire.http.get(BALANCE, params=query, headers=wire.headers("VTTC8434R"))
+    assert response.status_code == 200 and response.headers["tr_id"] == "VTTC8434R"
+    assert response.json() == {
+        "rt_cd": "2",
+        "msg_cd": "OPSQ2001",
+        "msg1": "ERROR : INPUT INVALID_CHECK_INQR_DVSN",
+    }
 
 
 def test_seeded_demo_account_and_values_are_strings(wire):
@@ -225,7 +259,7 @@ def test_current_price_answers_kis_fields(simulator, wire):
         "1.39",
     )
     assert (output["stck_mxpr"], output["stck_llam"]) == ("93600", "50400")
-    assert wire.price("00593").json()["msg_cd"] == "OPSQ2002"
+    assert wire.price("00593").json()["msg_cd"] == "OPSQ2001"
 
 
 def test_faults_hit_the_next_api_calls_tokenp_included(simulator, wire):
@@ -289,7 +323,8 @@ def test_listeners_see_every_tick_and_fill():
         "time",
     }
     order = state.place_order("50123456", "035720", "buy", 5, None, "VTTC0012U")
-    [fill] = [e for e in events if e["kind"] == "fill"]
+    [accepted, fill] = [e for e in events if e["kind"] in ("order", "fill")]
+    assert accepted["kind"] == "order" and (accepted["qty"], accepted["price"]) == (5, 0)
     assert fill | {"price": 0, "time": "", "name": ""} == {
         "kind": "fill",
         "cano": "50123456",
@@ -299,6 +334,8 @@ def test_listeners_see_every_tick_and_fill():
         "side": "buy",
         "qty": 5,
         "price": 0,
+        "order_price": 0,
+        "order_type": "market",
         "time": "",
         "name": "",
     }
