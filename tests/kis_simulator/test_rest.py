@@ -359,3 +359,132 @@ def test_unknown_codes_and_accounts_are_made_on_demand():
     assert SimulatorState().stock("A12345").price == stock.price  # the same code, the same stock
     account = state.account("77777777")
     assert (account.environment, account.hts_id, account.positions) == ("paper", "sim77777777", {})
+
+
+# --- several rows of one stock (INQR_DVSN 01: by loan date) ------------------------------------
+
+
+def test_a_position_in_lots_comes_back_as_one_row_per_lot(simulator, wire):
+    simulator.set_holdings(
+        "61000003",
+        [
+            {"stock_code": "005930", "quantity": 10, "avg_price": 70_000},
+            {"stock_code": "005930", "quantity": 4, "avg_price": 65_000, "loan_date": "20260105"},
+            {"stock_code": "000660", "quantity": 2, "avg_price": 180_000},
+        ],
+    )
+    [(_, rows)] = wire.all_pages("61000003")
+    assert [(r["pdno"], r["hldg_qty"], r["loan_dt"], r["trad_dvsn_name"]) for r in rows] == [
+        ("000660", "2", "", "현금"),
+        ("005930", "10", "", "현금"),
+        ("005930", "4", "20260105", "자기융자"),
+    ]
+    [samsung] = [h for h in simulator.account("61000003")["holdings"] if h["stock_code"] == "005930"]
+    assert samsung["quantity"] == 14 and samsung["avg_price"] == pytest.approx(
+        (10 * 70_000 + 4 * 65_000) / 14
+    )
+    assert [lot["loan_date"] for lot in samsung["lots"]] == ["", "20260105"]
+
+    wire.order("61000003", "005930", 12, tr_id="VTTC0011U")  # sells the cash lot, then from the loan
+    [(_, rows)] = wire.all_pages("61000003")
+    assert [(r["hldg_qty"], r["loan_dt"], r["thdt_sll_qty"]) for r in rows if r["pdno"] == "005930"] == [
+        ("2", "20260105", "12")
+    ]
+
+
+def test_lots_page_like_rows(simulator, wire):
+    lots = [
+        {
+            "stock_code": f"9{i // 3:05d}",
+            "quantity": 1,
+            "avg_price": 10_000,
+            "loan_date": f"202601{i % 3 + 1:02d}",
+        }
+        for i in range(45)
+    ]
+    simulator.set_holdings("61000004", lots)
+    pages = wire.all_pages("61000004")
+    assert [len(rows) for _, rows in pages] == [20, 20, 5]
+    assert [(r["pdno"], r["loan_dt"]) for _, rows in pages for r in rows] == [
+        (lot["stock_code"], lot["loan_date"]) for lot in lots
+    ]
+
+
+def test_control_api_refuses_a_bad_loan_date(simulator):
+    body = [{"stock_code": "005930", "quantity": 1, "avg_price": 1, "loan_date": "2026-01-05"}]
+    assert httpx.put(simulator.url + "/_fake/accounts/50123456/holdings", json=body).status_code == 400
+
+
+# --- SYDB0050: the data changed under the paging -----------------------------------------------
+
+STALE = {"rt_cd": "7", "msg_cd": "SYDB0050", "msg1": "조회이후에 자료가 변경되었습니다.(다시 조회하세요)"}
+
+
+def test_the_sydb0050_fault_hits_continuation_pages_only(simulator, wire):
+    simulator.set_holdings("61000005", many_holdings(45))
+    simulator.inject_fault("sydb0050", 2)
+    first = wire.balance("61000005")
+    assert first.json()["rt_cd"] == "0"  # a first page never suffers it
+    assert wire.price("005930").json()["rt_cd"] == "0"  # nor any other call
+    body = first.json()
+    for _ in range(2):
+        stale = wire.balance("61000005", tr_cont="N", fk=body["ctx_area_fk100"], nk=body["ctx_area_nk100"])
+        assert stale.status_code == 200 and stale.json() == STALE
+    assert [len(rows) for _, rows in wire.all_pages("61000005")] == [20, 20, 5]
+
+
+def test_a_change_of_the_holdings_between_pages_answers_sydb0050(simulator, wire):
+    simulator.set_holdings("61000006", many_holdings(25))
+    body = wire.balance("61000006").json()
+    wire.order("61000006", "900000", 1, tr_id="VTTC0011U")  # a fill changes the holdings
+    stale = wire.balance("61000006", tr_cont="N", fk=body["ctx_area_fk100"], nk=body["ctx_area_nk100"])
+    assert stale.json() == STALE
+    assert [len(rows) for _, rows in wire.all_pages("61000006")] == [20, 5]  # a new read from page 1 works
+
+    simulator.set_prices_moving(True)  # prices moving is not a change of the holdings
+    body = wire.balance("61000006").json()
+    simulator.set_price("900001", 10_500)
+    assert (
+        wire.balance("61000006", tr_cont="N", fk=body["ctx_area_fk100"], nk=body["ctx_area_nk100"]).json()[
+            "rt_cd"
+        ]
+        == "0"
+    )
+
+
+# --- the call budget (EGW00201) ----------------------------------------------------------------
+
+
+def test_calls_beyond_the_budget_of_an_app_key_answer_egw00201(simulator, wire):
+    simulator.set_limits(rate_limits={"paper": 2, "real": 20})
+    answers = [wire.price("005930") for _ in range(3)]
+    assert [a.json()["rt_cd"] for a in answers[:2]] == ["0", "0"]
+    assert answers[2].status_code == 500
+    assert answers[2].json() == {
+        "rt_cd": "1",
+        "msg_cd": "EGW00201",
+        "msg1": "초당 거래건수를 초과하였습니다.",
+    }
+
+    other = Wire(simulator.url, appkey="another-app-key")  # each app key has its own budget
+    assert other.price("005930").json()["rt_cd"] == "0"
+    limits = simulator.limits()
+    assert limits["calls"] == {"wire-test-key": 3, "another-app-key": 1}
+    assert limits["egw00201"] == {"wire-test-key": 1}
+
+
+def test_a_real_app_key_has_the_larger_budget(simulator, wire):
+    simulator.set_limits(rate_limits={"paper": 2, "real": 20})
+    simulator.configure_account("61000007", environment="real")
+    answers = [wire.balance("61000007", tr_id="TTTC8434R").json()["rt_cd"] for _ in range(5)]
+    assert answers == ["0"] * 5
+    assert simulator.limits()["egw00201"] == {}
+
+
+def test_the_budget_is_lifted_for_tests_and_can_be_lifted_again(simulator, wire):
+    assert simulator.limits()["limits"] is None  # the test fixture starts it with --rate-limit off
+    assert all(wire.price("005930").json()["rt_cd"] == "0" for _ in range(10))
+    simulator.set_limits(rate_limits={"paper": 1, "real": 1})
+    simulator.reset()
+    assert simulator.limits()["limits"] is None  # reset comes back to the command line's choice
+    assert simulator.limits()["calls"] == {}
