@@ -4,20 +4,27 @@ What a client sees (../shared/docs/kis-api.md, "Real-time WebSocket"):
 - It registers with `{"header": {"approval_key", "custtype", "tr_type": "1" | "2", "content-type"},
   "body": {"input": {"tr_id", "tr_key"}}}`. The approval key must be one that POST /oauth2/Approval
   issued. Acks: OPSP0000 registered (with the session's AES-256 `key` and `iv`), OPSP0001 unregistered,
-  OPSP0002 already registered, OPSP0003 not registered, OPSP8996 the app key already has a live
-  session, OPSP0008 beyond 41 registrations. An unknown approval key (OPSP0011), an unknown TR or a
-  malformed stock code (OPSP0007) use codes of the simulator's own choosing. Any well-formed code can
-  be registered: one the market has not seen is listed with a generated name and price.
+  OPSP0002 already registered, OPSP0003 not registered, OPSP0008 beyond 41 registrations, OPSP0011 an
+  unknown approval key, OPSP8991 an unknown TR, OPSP8992 a malformed stock code, OPSP9999 a message
+  that is not JSON (the codes and texts of KIS's error table). OPSP8996, the app key already has a live
+  session, comes as KIS sends it: header tr_id "(null)", rt_cd "9". Any well-formed code can be
+  registered: one the market has not seen is listed with a generated name and price.
 - H0STCNT0 frames carry the price walk's trades of registered codes, `0|H0STCNT0|<count>|...`; trades
   that happen together travel as several records in one frame.
 - H0STCNI0 / H0STCNI9 registered with an account's HTS id carry its order events, AES-256-CBC encrypted
-  and base64 encoded (`1|H0STCNI9|001|...`): an acceptance notice (field 13 "1") and then the fill ("2").
-- PINGPONG every `ping_interval` seconds (10 unless set); the client is expected to echo it.
+  and base64 encoded (`1|H0STCNI9|001|...`), 26 fields in ccnl_notice.py's order: an acceptance notice
+  (CNTG_YN "1") when the order is placed, with its quantity and price, and the fill ("2") when it fills.
+- PINGPONG every `ping_interval` seconds (10 unless set); a client echoes it (python-kis) or answers
+  with a pong frame (the official sample): the session view counts both ("echoes", "pongs").
 
 Control API (JSON), for tests and the demo:
     GET  /_fake/realtime         ping_interval and the live sessions: id, registrations, echoes, frames
     POST /_fake/realtime         {"ping_interval": seconds}
     POST /_fake/realtime/drop    close every session, as a network failure would: {"dropped": n}
+    POST /_fake/realtime/faults  {"mode": "drop_after_registration", "count": N, "tr_id"?}: the next N
+                                 registrations (of that TR only, if given) get no ack: the TCP connection
+                                 ends at once, with no close frame, as KIS does for a wrong HTS id
+                                 (the official README). /_fake/reset forgets them.
     POST /_fake/realtime/burst   {"stock_code", "trades", "seconds"}: that many trades of one code,
                                  spread over that many seconds; answers the last price and the
                                  accumulated volume after it
