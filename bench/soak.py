@@ -175,7 +175,7 @@ class System:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        self.simulator = start_simulator(self.workdir / "simulator.log")
+        self.simulator = start_simulator(self.workdir / "simulator.log", "--rate-limit", "off")
 
     def start_servers(self) -> None:
         for n in range(self.args.daphnes):

@@ -291,7 +291,7 @@ def main() -> None:
     from watchlist.models import SyncState
 
     processes: list[AppProcess] = []
-    simulator = start_simulator(workdir / "simulator.log")
+    simulator = start_simulator(workdir / "simulator.log", "--rate-limit", "off")
     try:
         call_command("migrate", verbosity=0)
         print(f"seeding {args.accounts} accounts of {args.positions} positions ...", flush=True)

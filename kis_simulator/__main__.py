@@ -11,7 +11,7 @@ import socket
 from aiohttp import web
 
 from .app import create_app
-from .state import SimulatorState
+from .state import RATE_LIMITS, TOKEN_ISSUE_INTERVAL, SimulatorState
 
 logger = logging.getLogger("kis_simulator")
 
@@ -27,15 +27,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--timeout-delay", type=float, default=30.0, help="how long a 'timeout' fault holds its answer back"
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of the price walk, for repeatable runs")
+    parser.add_argument(
+        "--token-issue-interval",
+        type=float,
+        default=TOKEN_ISSUE_INTERVAL,
+        help="seconds before an app key may have another token: EGW00133 before (0: no such rule)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        choices=("on", "off"),
+        default="on",
+        help="answer EGW00201 beyond the per-app-key call budget (off: no budget, for benchmarks)",
+    )
+    parser.add_argument("--rate-limit-paper", type=float, default=RATE_LIMITS["paper"], help="calls/s, paper")
+    parser.add_argument("--rate-limit-real", type=float, default=RATE_LIMITS["real"], help="calls/s, real")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
-    app = create_app(
-        SimulatorState(seed=args.seed), tick_interval=args.tick_interval, timeout_delay=args.timeout_delay
+    rate_limits = (
+        {"paper": args.rate_limit_paper, "real": args.rate_limit_real} if args.rate_limit == "on" else None
     )
+    state = SimulatorState(
+        seed=args.seed, token_issue_interval=args.token_issue_interval, rate_limits=rate_limits
+    )
+    app = create_app(state, tick_interval=args.tick_interval, timeout_delay=args.timeout_delay)
     runner = web.AppRunner(
         app, shutdown_timeout=1.0, access_log=logging.getLogger("aiohttp.access") if args.access_log else None
     )

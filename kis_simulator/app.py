@@ -30,17 +30,22 @@ def error_response(request: web.Request, rejection: Rejection) -> web.Response:
             dumps=rest.json_dumps,
         )
     return rest.kis_json(
-        {"rt_cd": "1", "msg_cd": rejection.msg_cd, "msg1": rejection.msg1},
+        {"rt_cd": rejection.rt_cd, "msg_cd": rejection.msg_cd, "msg1": rejection.msg1},
         tr_id=request.headers.get("tr_id", ""),
         status=rejection.http_status,
     )
 
 
-def revoke_presented_token(request: web.Request) -> None:
+def expire_presented_token(request: web.Request) -> None:
     _, _, value = request.headers.get("authorization", "").partition(" ")
     token = request.app[STATE].token(value.strip())
     if token:
-        token.revoked = True
+        request.app[STATE].expire_token(token)
+
+
+def environment_of(tr_id: str) -> str | None:
+    """The environment a TR id names: KIS's paper TRs start with V (VTTC8434R), real ones with T."""
+    return {"V": "paper", "T": "real"}.get(tr_id[:1])
 
 
 @web.middleware
@@ -56,8 +61,13 @@ async def kis_api(request: web.Request, handler) -> web.StreamResponse:
     if mode == "rate_limit":
         return error_response(request, RATE_LIMITED)
     if mode == "token_expired":
-        revoke_presented_token(request)  # so that renewing really yields a new token
+        expire_presented_token(request)  # so that renewing really yields a new token
         return error_response(request, TOKEN_EXPIRED)
+    # The call budget is per app key on /uapi/; tokenP and Approval have their own rules.
+    appkey = request.headers.get("appkey", "")
+    spent = appkey and request.path.startswith("/uapi/")
+    if spent and not state.spend_call(appkey, environment_of(request.headers.get("tr_id", ""))):
+        return error_response(request, RATE_LIMITED)
     try:
         response = await handler(request)
     except Rejection as rejection:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 from aiohttp import web
 
 from .rest import STATE, json_dumps
-from .state import CANO_RE, FAULT_MODES, STOCK_CODE_RE, Stock
+from .state import CANO_RE, FAULT_MODES, STOCK_CODE_RE, SimulatorState, Stock
+
+LOAN_DATE_RE = re.compile(r"^(?:[0-9]{8})?\Z")
 
 
 class BadInput(web.HTTPBadRequest):
@@ -61,10 +64,12 @@ async def put_holdings(request: web.Request) -> web.Response:
     cano = cano_of(request)
     holdings = await json_of(request)
     if not isinstance(holdings, list):
-        raise BadInput('the body is a list of {"stock_code", "quantity", "avg_price"}')
+        raise BadInput('the body is a list of {"stock_code", "quantity", "avg_price", "loan_date"?}')
     for holding in holdings:
         if not isinstance(holding, dict) or not STOCK_CODE_RE.match(str(holding.get("stock_code", ""))):
             raise BadInput(f"not a holding with a 6-character stock code: {holding}")
+        if not LOAN_DATE_RE.match(str(holding.get("loan_date", ""))):
+            raise BadInput(f"loan_date is YYYYMMDD (or absent for the cash lot): {holding}")
         if not is_whole(holding.get("quantity")) or holding["quantity"] < 0:
             raise BadInput(f"quantity is a whole number >= 0: {holding}")
         if not is_number(holding.get("avg_price")) or holding["avg_price"] <= 0:
@@ -113,7 +118,44 @@ async def post_faults(request: web.Request) -> web.Response:
         raise BadInput("delay is a number of seconds >= 0")
     state = request.app[STATE]
     state.inject_fault(body["mode"], count, delay)
-    return answer({"faults": [{"mode": m, "remaining": n, "delay": d} for m, n, d in state.faults]})
+    return answer(
+        {
+            "faults": [{"mode": m, "remaining": n, "delay": d} for m, n, d in state.faults],
+            "sydb0050_pages": state.stale_pages,
+        }
+    )
+
+
+def limits_view(state: SimulatorState) -> dict:
+    return {"token_issue_interval": state.token_issue_interval} | state.rate_view()
+
+
+async def get_limits(request: web.Request) -> web.Response:
+    return answer(limits_view(request.app[STATE]))
+
+
+async def post_limits(request: web.Request) -> web.Response:
+    """{"token_issue_interval": s (0: off), "rate_limits": {"paper": n, "real": n} | null (null: off)}."""
+    body = await json_of(request)
+    if not isinstance(body, dict) or not set(body) <= {"token_issue_interval", "rate_limits"}:
+        raise BadInput('the body is {"token_issue_interval", "rate_limits"} (each optional)')
+    interval = body.get("token_issue_interval", 0)
+    if not is_number(interval) or interval < 0:
+        raise BadInput("token_issue_interval is a number of seconds >= 0")
+    limits = body.get("rate_limits")
+    if limits is not None and not (
+        isinstance(limits, dict)
+        and set(limits) == {"paper", "real"}
+        and all(is_number(v) and v > 0 for v in limits.values())
+    ):
+        raise BadInput('rate_limits is {"paper": calls/s > 0, "real": calls/s > 0} or null')
+    state = request.app[STATE]
+    if "token_issue_interval" in body:
+        state.token_issue_interval = float(interval)
+    if "rate_limits" in body:
+        state.rate_limits = {k: float(v) for k, v in limits.items()} if limits else None
+        state.budgets.clear()
+    return answer(limits_view(state))
 
 
 async def post_reset(request: web.Request) -> web.Response:
@@ -155,6 +197,8 @@ async def get_stats(request: web.Request) -> web.Response:
             "calls": dict(state.calls),
             "tokens_issued": state.tokens_issued,
             "orders_rejected": state.orders_rejected,
+            "calls_by_appkey": dict(state.calls_by_appkey),
+            "egw00201_by_appkey": dict(state.rate_limited_by_appkey),
             "accounts": len(state.accounts),
             "stocks": len(state.stocks),
         }
@@ -172,3 +216,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/_fake/prices/{code}", get_price)
     app.router.add_post("/_fake/market", post_market)
     app.router.add_get("/_fake/stats", get_stats)
+    app.router.add_get("/_fake/limits", get_limits)
+    app.router.add_post("/_fake/limits", post_limits)

@@ -4,20 +4,27 @@ What a client sees (../shared/docs/kis-api.md, "Real-time WebSocket"):
 - It registers with `{"header": {"approval_key", "custtype", "tr_type": "1" | "2", "content-type"},
   "body": {"input": {"tr_id", "tr_key"}}}`. The approval key must be one that POST /oauth2/Approval
   issued. Acks: OPSP0000 registered (with the session's AES-256 `key` and `iv`), OPSP0001 unregistered,
-  OPSP0002 already registered, OPSP0003 not registered, OPSP8996 the app key already has a live
-  session, OPSP0008 beyond 41 registrations. An unknown approval key (OPSP0011), an unknown TR or a
-  malformed stock code (OPSP0007) use codes of the simulator's own choosing. Any well-formed code can
-  be registered: one the market has not seen is listed with a generated name and price.
+  OPSP0002 already registered, OPSP0003 not registered, OPSP0008 beyond 41 registrations, OPSP0011 an
+  unknown approval key, OPSP8991 an unknown TR, OPSP8992 a malformed stock code, OPSP9999 a message
+  that is not JSON (the codes and texts of KIS's error table). OPSP8996, the app key already has a live
+  session, comes as KIS sends it: header tr_id "(null)", rt_cd "9". Any well-formed code can be
+  registered: one the market has not seen is listed with a generated name and price.
 - H0STCNT0 frames carry the price walk's trades of registered codes, `0|H0STCNT0|<count>|...`; trades
   that happen together travel as several records in one frame.
 - H0STCNI0 / H0STCNI9 registered with an account's HTS id carry its order events, AES-256-CBC encrypted
-  and base64 encoded (`1|H0STCNI9|001|...`): an acceptance notice (field 13 "1") and then the fill ("2").
-- PINGPONG every `ping_interval` seconds (10 unless set); the client is expected to echo it.
+  and base64 encoded (`1|H0STCNI9|001|...`), 26 fields in ccnl_notice.py's order: an acceptance notice
+  (CNTG_YN "1") when the order is placed, with its quantity and price, and the fill ("2") when it fills.
+- PINGPONG every `ping_interval` seconds (10 unless set); a client echoes it (python-kis) or answers
+  with a pong frame (the official sample): the session view counts both ("echoes", "pongs").
 
 Control API (JSON), for tests and the demo:
     GET  /_fake/realtime         ping_interval and the live sessions: id, registrations, echoes, frames
     POST /_fake/realtime         {"ping_interval": seconds}
     POST /_fake/realtime/drop    close every session, as a network failure would: {"dropped": n}
+    POST /_fake/realtime/faults  {"mode": "drop_after_registration", "count": N, "tr_id"?}: the next N
+                                 registrations (of that TR only, if given) get no ack: the TCP connection
+                                 ends at once, with no close frame, as KIS does for a wrong HTS id
+                                 (the official README). /_fake/reset forgets them.
     POST /_fake/realtime/burst   {"stock_code", "trades", "seconds"}: that many trades of one code,
                                  spread over that many seconds; answers the last price and the
                                  accumulated volume after it
@@ -55,6 +62,7 @@ MAX_REGISTRATIONS = 41  # registrations per session
 class Registration(NamedTuple):
     tr_id: str
     tr_key: str
+
 
 logger = logging.getLogger(__name__)
 
@@ -102,27 +110,38 @@ def price_record(tick: dict) -> list[str]:
     return fields
 
 
-def fill_record(fill: dict, *, filled: bool) -> list[str]:
-    """The 26 fields of one H0STCNI0 / H0STCNI9 record: acceptance (`filled` False) or fill."""
+def notice_record(event: dict, *, filled: bool) -> list[str]:
+    """The 26 fields of one H0STCNI0 / H0STCNI9 record, in the order of ccnl_notice.py: an acceptance
+    notice (CNTG_YN "1", from an "order" event) or a fill (CNTG_YN "2", from a "fill" event).
+
+    The acceptance notice carries the order's quantity and price, in ODER_QTY / ODER_PRC and, as KIS's
+    API page describes CNTG_QTY / CNTG_UNPR for a notice that is not a fill, in those two as well."""
+    order_price = event["price"] if not filled else event["order_price"]
     fields = [""] * FILL_FIELDS
-    fields[0] = fill["hts_id"]
-    fields[1] = fill["cano"] + "01"
-    fields[2] = fill["order_no"]
-    fields[3] = str(fill["qty"])
-    fields[4] = "02" if fill["side"] == "buy" else "01"
-    fields[5] = "0"
-    fields[6] = "01"
-    fields[7] = "0"
-    fields[8] = fill["stock_code"]
-    fields[9] = str(fill["qty"]) if filled else "0"
-    fields[10] = str(fill["price"]) if filled else "0"
-    fields[11] = fill["time"]
-    fields[12] = "0"
-    fields[13] = "2" if filled else "1"
-    fields[14] = "2" if filled else "1"
-    fields[15] = "00950"
-    fields[24] = fill.get("name", "")
-    fields[25] = "0"
+    fields[0] = event["hts_id"]  # CUST_ID
+    fields[1] = event["cano"] + "01"  # ACNT_NO
+    fields[2] = event["order_no"]  # ODER_NO
+    fields[3] = str(event["qty"])  # ODER_QTY
+    fields[4] = "02" if event["side"] == "buy" else "01"  # SELN_BYOV_CLS: 01 sell, 02 buy
+    fields[5] = "0"  # RCTF_CLS: a new order (not a correction or cancellation)
+    fields[6] = "01" if event["order_type"] == "market" else "00"  # ODER_KIND
+    fields[7] = "0"  # ODER_COND
+    fields[8] = event["stock_code"]  # STCK_SHRN_ISCD
+    fields[9] = str(event["qty"])  # CNTG_QTY
+    fields[10] = str(event["price"])  # CNTG_UNPR: the fill's price, or the order's on acceptance
+    fields[11] = event["time"]  # STCK_CNTG_HOUR
+    fields[12] = "0"  # RFUS_YN: not refused
+    fields[13] = "2" if filled else "1"  # CNTG_YN
+    fields[14] = "2" if filled else "1"  # ACPT_YN
+    fields[15] = "00950"  # BRNC_NO
+    fields[16] = event["cano"]  # ACNT_NO2
+    fields[17] = "모의투자"  # ACNT_NAME
+    fields[18] = "0"  # ORD_COND_PRC
+    fields[19] = "1"  # ORD_EXG_GB: KRX
+    fields[20] = "Y"  # POPUP_YN
+    fields[22] = "10"  # CRDT_CLS: cash
+    fields[24] = event.get("name", "")  # CNTG_ISNM40
+    fields[25] = str(order_price)  # ODER_PRC: 0 for a market order
     return fields
 
 
@@ -143,6 +162,16 @@ def ack(
     return json.dumps({"header": header, "body": body})
 
 
+# The app key already has a live session: KIS answers before it looks at the registration, so the
+# header names no TR ("(null)") and rt_cd is "9" (as clients of the live service record it).
+APP_KEY_IN_USE = json.dumps(
+    {
+        "header": {"tr_id": "(null)", "tr_key": "", "encrypt": "N"},
+        "body": {"rt_cd": "9", "msg_cd": "OPSP8996", "msg1": "ALREADY IN USE appkey"},
+    }
+)
+
+
 class FeedSession:
     """One client connection: its registrations, its AES key and iv, and one outbox drained in order."""
 
@@ -152,7 +181,8 @@ class FeedSession:
         self.app_key: str | None = None
         self.registrations: set[Registration] = set()
         self.key, self.iv = random_text(32), random_text(16)
-        self.echoes = 0
+        self.echoes = 0  # PINGPONG texts sent back
+        self.pongs = 0  # WebSocket pong frames received
         self.frames = 0  # data frames sent
         self.outbox: asyncio.Queue[tuple[str, object]] = asyncio.Queue(OUTBOX_LIMIT)
         self.dropped = False
@@ -162,6 +192,7 @@ class FeedSession:
             "id": self.id,
             "registrations": sorted([list(r) for r in self.registrations]),
             "echoes": self.echoes,
+            "pongs": self.pongs,
             "frames": self.frames,
         }
 
@@ -200,22 +231,25 @@ class RealtimeFeed:
         self.state = state
         self.sessions: dict[int, FeedSession] = {}
         self.ping_interval = DEFAULT_PING_INTERVAL
+        # [tr_id or None (any), remaining]: registrations after which the session drops unannounced.
+        self.drops: list[list] = []
         self._session_ids = itertools.count(1)
         state.add_listener(self.on_event)
 
     def on_event(self, event: dict) -> None:
-        if event["kind"] == "tick":
+        if event["kind"] == "reset":
+            self.drops.clear()
+        elif event["kind"] == "tick":
             registration = Registration(PRICE_TR, event["stock_code"])
             for session in self.sessions.values():
                 if registration in session.registrations:
                     session.post("tick", event)
-        elif event["kind"] == "fill":
+        elif event["kind"] in ("order", "fill"):
+            record = notice_record(event, filled=event["kind"] == "fill")
             for session in self.sessions.values():
                 for tr_id in FILL_TRS:
                     if Registration(tr_id, event["hts_id"]) in session.registrations:
-                        for filled in (False, True):
-                            record = fill_record(event, filled=filled)
-                            session.post("frame", data_frame(tr_id, [record], key=session.key, iv=session.iv))
+                        session.post("frame", data_frame(tr_id, [record], key=session.key, iv=session.iv))
 
     def app_key_in_use(self, app_key: str, session: FeedSession) -> bool:
         return any(other.app_key == app_key for other in self.sessions.values() if other is not session)
@@ -226,15 +260,15 @@ class RealtimeFeed:
         tr_id, tr_key = str(request.get("tr_id", "")), str(request.get("tr_key", ""))
         app_key = self.state.appkey_of_approval_key(str(header.get("approval_key", "")))
         if app_key is None:
-            return ack(tr_id, tr_key, "OPSP0011", "invalid approval : NOT FOUND", ok=False)
+            return ack(tr_id, tr_key, "OPSP0011", "invalid approval(appkey) : NOT FOUND", ok=False)
         if self.app_key_in_use(app_key, session):
-            return ack(tr_id, tr_key, "OPSP8996", "ALREADY IN USE appkey", ok=False)
+            return APP_KEY_IN_USE
         session.app_key = app_key
         if tr_id != PRICE_TR and tr_id not in FILL_TRS:
-            return ack(tr_id, tr_key, "OPSP0007", "invalid tr_id", ok=False)
+            return ack(tr_id, tr_key, "OPSP8991", "SUBSCRIBE ERROR : invalid tr_id", ok=False)
         if tr_id == PRICE_TR:
             if not STOCK_CODE_RE.match(tr_key):
-                return ack(tr_id, tr_key, "OPSP0007", "invalid tr_key", ok=False)
+                return ack(tr_id, tr_key, "OPSP8992", "SUBSCRIBE ERROR : invalid tr_key", ok=False)
             self.state.stock(tr_key)  # a code the market has not seen yet is listed, and trades from now on
         registration = Registration(tr_id, tr_key)
         keys = {"iv": session.iv, "key": session.key}
@@ -250,14 +284,35 @@ class RealtimeFeed:
         session.registrations.add(registration)
         return ack(tr_id, tr_key, "OPSP0000", "SUBSCRIBE SUCCESS", output=keys)
 
+    def take_drop(self, message: dict) -> bool:
+        """Whether this registration is one after which the session drops (the "drop" fault)."""
+        if not self.drops or (message.get("header") or {}).get("tr_type") == "2":
+            return False
+        tr_id = str(((message.get("body") or {}).get("input") or {}).get("tr_id", ""))
+        for drop in self.drops:
+            if drop[0] in (None, tr_id):
+                drop[1] -= 1
+                if drop[1] == 0:
+                    self.drops.remove(drop)
+                return True
+        return False
+
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        # Pings and pongs are handled here, not by aiohttp, so that the pongs a client sends (the
+        # official sample answers PINGPONG with one) are seen and counted.
+        ws = web.WebSocketResponse(autoping=False)
         await ws.prepare(request)
         session = FeedSession(next(self._session_ids), ws)
         self.sessions[session.id] = session
         sender = asyncio.create_task(session.send_all())
         try:
             async for message in ws:
+                if message.type == WSMsgType.PING:
+                    await ws.pong(message.data)
+                    continue
+                if message.type == WSMsgType.PONG:
+                    session.pongs += 1
+                    continue
                 if message.type != WSMsgType.TEXT:
                     continue
                 try:
@@ -265,10 +320,18 @@ class RealtimeFeed:
                     header = parsed["header"]
                     is_pingpong = header.get("tr_id") == PINGPONG
                 except (ValueError, KeyError, TypeError, AttributeError):
-                    session.post("control", ack("", "", "OPSP9999", "JSON PARSING ERROR", ok=False))
+                    session.post(
+                        "control",
+                        ack("", "", "OPSP9999", "JSON PARSING ERROR : invalid json format", ok=False),
+                    )
                     continue
                 if is_pingpong:
                     session.echoes += 1
+                elif self.take_drop(parsed):
+                    # KIS's README: a session cut right after a registration, with no close frame,
+                    # means the HTS id is wrong. The TCP connection just ends.
+                    request.transport.abort()
+                    break
                 else:
                     session.post("control", self.handle_registration(session, parsed))
         finally:
@@ -304,6 +367,17 @@ class RealtimeFeed:
         request.app[PING_TASK].cancel()
         request.app[PING_TASK] = asyncio.create_task(self.ping_all())
         return await self.get_control(request)
+
+    async def post_faults(self, request: web.Request) -> web.Response:
+        body = await json_of(request)
+        if not isinstance(body, dict) or body.get("mode") != "drop_after_registration":
+            raise BadInput('the body is {"mode": "drop_after_registration", "count": N, "tr_id"?}')
+        count, tr_id = body.get("count", 1), body.get("tr_id")
+        if not is_whole(count) or count < 0 or not (tr_id is None or isinstance(tr_id, str)):
+            raise BadInput("count is a whole number >= 0; tr_id a TR id (absent: any registration)")
+        if count:
+            self.drops.append([tr_id, count])
+        return answer({"drops": [{"tr_id": t, "remaining": n} for t, n in self.drops]})
 
     async def drop(self, request: web.Request) -> web.Response:
         sessions = list(self.sessions.values())
@@ -352,4 +426,5 @@ def setup_realtime(app: web.Application, state: SimulatorState) -> None:
     app.router.add_get("/_fake/realtime", feed.get_control)
     app.router.add_post("/_fake/realtime", feed.post_control)
     app.router.add_post("/_fake/realtime/drop", feed.drop)
+    app.router.add_post("/_fake/realtime/faults", feed.post_faults)
     app.router.add_post("/_fake/realtime/burst", feed.burst)

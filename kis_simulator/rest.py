@@ -61,12 +61,21 @@ ORDER_ACCEPTED = {
 ORDER_ORGNO = "00950"
 
 
-def missing_field(name: str) -> Rejection:
-    return Rejection("OPSQ2001", f"ERROR : INPUT_FIELD_NAME {name}", http_status=500)
+INQR_DVSN_ACCEPTED = ("01",)  # "02" (by stock) is refused since 2026-02-10 (python-kis #81)
+STALE_PAGE = Rejection("SYDB0050", "조회이후에 자료가 변경되었습니다.(다시 조회하세요)", rt_cd="7")
 
 
 def invalid_field(name: str) -> Rejection:
-    return Rejection("OPSQ2002", f"ERROR : INPUT_FIELD_VALUE {name}", http_status=500)
+    """A field KIS's input check refuses: HTTP 200, rt_cd "2", OPSQ2001 "ERROR : INPUT INVALID_CHECK_<NAME>",
+    the shape of the INQR_DVSN refusal (python-kis #81). The account number has its own code (OPSQ2000
+    INVALID_CHECK_ACNO in KIS's error table)."""
+    if name == "CANO":
+        return Rejection("OPSQ2000", "ERROR : INPUT INVALID_CHECK_ACNO", rt_cd="2")
+    return Rejection("OPSQ2001", f"ERROR : INPUT INVALID_CHECK_{name.upper()}", rt_cd="2")
+
+
+# A missing field fails the same input check as a malformed one (the sources show no other answer).
+missing_field = invalid_field
 
 
 def json_dumps(payload: object) -> str:
@@ -74,31 +83,49 @@ def json_dumps(payload: object) -> str:
 
 
 def kis_json(payload: dict, *, tr_id: str = "", tr_cont: str = "", status: int = 200) -> web.Response:
-    """A KIS answer: JSON in UTF-8 with the tr_id, tr_cont and gt_uid headers."""
-    headers = {"tr_id": tr_id, "tr_cont": tr_cont, "gt_uid": uuid.uuid4().hex}
+    """A KIS answer: JSON in UTF-8 with the tr_id, tr_cont and gt_uid headers. A request without a
+    tr_id is answered with tr_id "(null)", as KIS's servers write an absent one."""
+    headers = {"tr_id": tr_id or "(null)", "tr_cont": tr_cont, "gt_uid": uuid.uuid4().hex}
     return web.json_response(payload, status=status, headers=headers, dumps=json_dumps)
+
+
+# Header refusals. The codes and messages are those of KIS's error table (EGW gateway, OPSQ query
+# server); the sources show the HTTP status only for the key and token errors (403 / 500), so the
+# others answer 500, as KIS's gateway errors do, with rt_cd "1".
+NO_AUTHORIZATION = Rejection("EGW00205", "credentials_type이 유효하지 않습니다.(Bearer)", http_status=500)
+INVALID_TOKEN = Rejection("EGW00121", "유효하지 않은 token 입니다.", http_status=500)
+EXPIRED_TOKEN = Rejection("EGW00123", "기간이 만료된 token 입니다.", http_status=500)
+NO_APPKEY = Rejection("EGW00102", "AppKey는 필수입니다.", http_status=403)
+NO_APPSECRET = Rejection("EGW00104", "AppSecret은 필수입니다.", http_status=403)
+NO_TR_ID = Rejection("OPSQ9999", "JSON PARSING ERROR : tr_id not found", http_status=500)
+UNKNOWN_TR_ID = Rejection("OPSQ0002", "없는 서비스 코드 입니다.", http_status=500)
+BAD_CUSTTYPE = Rejection("EGW00208", "고객유형(custtype)이 유효하지 않습니다.", http_status=500)
 
 
 def authorize(request: web.Request, tr_ids: dict) -> str:
     """Check the headers KIS checks; the request's tr_id when they are right."""
     state = request.app[STATE]
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    token = state.token(value.strip()) if scheme.lower() == "bearer" else None
+    if scheme.lower() != "bearer" or not value.strip():
+        raise NO_AUTHORIZATION
+    token = state.token(value.strip())
     if token is None:
-        raise Rejection("EGW00121", "유효하지 않은 token 입니다.", http_status=500)
+        raise INVALID_TOKEN
     if token.expired(time.time()):
-        raise Rejection("EGW00123", "기간이 만료된 token 입니다.", http_status=500)
+        raise EXPIRED_TOKEN
     if not request.headers.get("appkey"):
-        raise Rejection("EGW00103", "유효하지 않은 AppKey입니다.", http_status=403)
+        raise NO_APPKEY
     if request.headers["appkey"] != token.appkey:
-        raise Rejection("EGW00121", "유효하지 않은 token 입니다.", http_status=500)
+        raise INVALID_TOKEN
     if not request.headers.get("appsecret"):
-        raise Rejection("EGW00105", "유효하지 않은 AppSecret입니다.", http_status=403)
+        raise NO_APPSECRET
     tr_id = request.headers.get("tr_id", "")
+    if not tr_id:
+        raise NO_TR_ID
     if tr_id not in tr_ids:
-        raise Rejection("OPSQ0002", "없는 서비스 코드 입니다", http_status=500)
+        raise UNKNOWN_TR_ID
     if request.headers.get("custtype") not in ("P", "B"):
-        raise invalid_field("custtype")
+        raise BAD_CUSTTYPE
     return tr_id
 
 
@@ -171,39 +198,54 @@ async def hashkey(request: web.Request) -> web.Response:
 # --- balance ----------------------------------------------------------------------------------
 
 
-def position_row(account: Account, position: Position, stock: Stock) -> dict:
-    cost = round(position.quantity * position.avg_price)
-    evaluation = position.quantity * stock.price
-    pnl = evaluation - cost
-    rate = pnl / cost * 100 if cost else 0.0
-    return {
-        "pdno": stock.code,
-        "prdt_name": stock.name,
-        "trad_dvsn_name": "현금",
-        "bfdy_buy_qty": "0",
-        "bfdy_sll_qty": "0",
-        "thdt_buyqty": str(position.bought_today),
-        "thdt_sll_qty": str(position.sold_today),
-        "hldg_qty": str(position.quantity),
-        "ord_psbl_qty": str(account.orderable_qty(stock.code)),
-        "pchs_avg_pric": f"{position.avg_price:.4f}",
-        "pchs_amt": str(cost),
-        "prpr": str(stock.price),
-        "evlu_amt": str(evaluation),
-        "evlu_pfls_amt": str(pnl),
-        "evlu_pfls_rt": f"{rate:.2f}",
-        "evlu_erng_rt": f"{rate:.8f}",
-        "loan_dt": "",
-        "loan_amt": "0",
-        "stln_slng_chgs": "0",
-        "expd_dt": "",
-        "fltt_rt": f"{stock.change_rate:.8f}",
-        "bfdy_cprs_icdc": str(stock.change),
-        "item_mgna_rt_name": "20%",
-        "grta_rt_name": "",
-        "sbst_pric": str(stock.price * 7 // 10),
-        "stck_loan_unpr": "0.0000",
-    }
+def lot_rows(account: Account, position: Position, stock: Stock) -> list[dict]:
+    """The balance rows of one stock under INQR_DVSN 01: one per lot, today's trades on the first,
+    what may be sold taken from the lots in order."""
+    orderable = account.orderable_qty(stock.code)
+    rows = []
+    for number, lot in enumerate(position.lots):
+        cost = round(lot.quantity * lot.avg_price)
+        evaluation = lot.quantity * stock.price
+        pnl = evaluation - cost
+        rate = pnl / cost * 100 if cost else 0.0
+        lot_orderable = min(orderable, lot.quantity)
+        orderable -= lot_orderable
+        rows.append(
+            {
+                "pdno": stock.code,
+                "prdt_name": stock.name,
+                "trad_dvsn_name": "자기융자" if lot.loan_date else "현금",
+                "bfdy_buy_qty": "0",
+                "bfdy_sll_qty": "0",
+                "thdt_buyqty": str(position.bought_today if number == 0 else 0),
+                "thdt_sll_qty": str(position.sold_today if number == 0 else 0),
+                "hldg_qty": str(lot.quantity),
+                "ord_psbl_qty": str(lot_orderable),
+                "pchs_avg_pric": f"{lot.avg_price:.4f}",
+                "pchs_amt": str(cost),
+                "prpr": str(stock.price),
+                "evlu_amt": str(evaluation),
+                "evlu_pfls_amt": str(pnl),
+                "evlu_pfls_rt": f"{rate:.2f}",
+                "evlu_erng_rt": f"{rate:.8f}",
+                "loan_dt": lot.loan_date,
+                "loan_amt": "0",
+                "stln_slng_chgs": "0",
+                "expd_dt": "",
+                "fltt_rt": f"{stock.change_rate:.8f}",
+                "bfdy_cprs_icdc": str(stock.change),
+                "item_mgna_rt_name": "20%",
+                "grta_rt_name": "",
+                "sbst_pric": str(stock.price * 7 // 10),
+                "stck_loan_unpr": "0.0000",
+            }
+        )
+    return rows
+
+
+def row_key(stock_code: str, lot_number: int) -> str:
+    """ctx_area_nk100 of a page: where the next one starts (the simulator's own format; KIS's is opaque)."""
+    return f"{stock_code}^{lot_number:03d}"
 
 
 def balance_summary(state: SimulatorState, account: Account) -> dict:
@@ -238,6 +280,16 @@ def balance_summary(state: SimulatorState, account: Account) -> dict:
     }
 
 
+def search_key(account: Account) -> str:
+    """ctx_area_fk100: the search condition, with the version of the holdings it was read at."""
+    return f"{account.cano}^{account.product_code}^N^N^01^01^N^N^00^{account.version}"
+
+
+def read_at_version(fk100: str) -> int | None:
+    _, _, version = fk100.strip().rpartition("^")
+    return int(version) if version.isdigit() else None
+
+
 async def inquire_balance(request: web.Request) -> web.Response:
     state = request.app[STATE]
     tr_id = authorize(request, BALANCE_TR_IDS)
@@ -245,21 +297,30 @@ async def inquire_balance(request: web.Request) -> web.Response:
     for name in BALANCE_QUERY:
         if name not in query:
             raise missing_field(name)
+    if query["INQR_DVSN"] not in INQR_DVSN_ACCEPTED:
+        raise invalid_field("INQR_DVSN")
     account = account_for(state, query["CANO"], query["ACNT_PRDT_CD"], BALANCE_TR_IDS[tr_id])
-    positions = account.holdings()
+    rows = [
+        (row_key(position.stock_code, number), row)
+        for position in account.holdings()
+        for number, row in enumerate(lot_rows(account, position, state.stock(position.stock_code)))
+    ]
     start = 0
     # Like KIS, the continuation keys count only on a request that says it continues (tr_cont N).
     if request.headers.get("tr_cont") == "N" and query["CTX_AREA_NK100"].strip():
-        start = bisect.bisect_right([p.stock_code for p in positions], query["CTX_AREA_NK100"].strip())
-    page = positions[start : start + PAGE_SIZE[account.environment]]
-    more = start + len(page) < len(positions)
+        read_at = read_at_version(query["CTX_AREA_FK100"])
+        if state.take_stale_page() or (read_at is not None and read_at != account.version):
+            raise STALE_PAGE  # the holdings changed since page 1: the client must start again
+        start = bisect.bisect_right([key for key, _ in rows], query["CTX_AREA_NK100"].strip())
+    page = rows[start : start + PAGE_SIZE[account.environment]]
+    more = start + len(page) < len(rows)
     first = start == 0
     tr_cont = ("F" if first else "M") if more else ("D" if first else "E")
     return kis_json(
         {
-            "ctx_area_fk100": f"{account.cano}^{account.product_code}^N^N^02^01^N^N^00",
-            "ctx_area_nk100": page[-1].stock_code if page else "",
-            "output1": [position_row(account, p, state.stock(p.stock_code)) for p in page],
+            "ctx_area_fk100": search_key(account),
+            "ctx_area_nk100": page[-1][0] if page else "",
+            "output1": [row for _, row in page],
             "output2": [balance_summary(state, account)],
             "rt_cd": "0",
             "msg_cd": "20310000" if account.environment == "paper" else "KIOK0510",

@@ -30,7 +30,12 @@ CANO_RE = re.compile(r"^[0-9]{8}\Z")
 
 TOKEN_LIFETIME = 86_400
 TOKEN_REUSE_WINDOW = 6 * 3600  # KIS answers the same token when asked again within 6 h
-FAULT_MODES = ("http_500", "timeout", "rate_limit", "token_expired")
+# KIS answers a second tokenP of one app key within a minute with HTTP 403 EGW00133 (python-kis #24).
+TOKEN_ISSUE_INTERVAL = 60.0
+# Calls a second per app key: "실전투자 1초당 20건, 모의투자 1초당 2건" as KIS users quote its rule
+# (shared/docs/kis-api.md says about 18 on real, 1-2 on paper).
+RATE_LIMITS: dict[str, float] = {"paper": 2.0, "real": 20.0}
+FAULT_MODES = ("http_500", "timeout", "rate_limit", "token_expired", "sydb0050")
 # Pull each price back towards the previous close so a long run stays plausible.
 MEAN_REVERSION = 0.01
 
@@ -45,11 +50,12 @@ class Rejection(Exception):
     Business refusals (an order over the holding) come with HTTP 200; gateway ones (tokens, keys,
     unknown TR ids, malformed input) with the 4xx/5xx KIS uses for them."""
 
-    def __init__(self, msg_cd: str, msg1: str, *, http_status: int = 200) -> None:
+    def __init__(self, msg_cd: str, msg1: str, *, http_status: int = 200, rt_cd: str = "1") -> None:
         super().__init__(f"{msg_cd} {msg1}")
         self.msg_cd = msg_cd
         self.msg1 = msg1
         self.http_status = http_status
+        self.rt_cd = rt_cd
 
 
 def now_kst() -> datetime:
@@ -111,12 +117,52 @@ class Stock:
 
 
 @dataclass
-class Position:
-    stock_code: str
+class Lot:
+    """One balance row of a stock: the cash holding (loan_date "") or a holding bought on a loan."""
+
     quantity: int
     avg_price: float
+    loan_date: str = ""  # YYYYMMDD of the loan
+
+
+@dataclass
+class Position:
+    """A stock held, as one or more lots: under INQR_DVSN 01 KIS lists one row per lot (by loan date)."""
+
+    stock_code: str
+    lots: list[Lot]
     bought_today: int = 0
     sold_today: int = 0
+
+    @property
+    def quantity(self) -> int:
+        return sum(lot.quantity for lot in self.lots)
+
+    @property
+    def avg_price(self) -> float:
+        quantity = self.quantity
+        return sum(lot.quantity * lot.avg_price for lot in self.lots) / quantity if quantity else 0.0
+
+    def buy(self, qty: int, price: int) -> None:
+        """A cash buy: it joins the cash lot (created first in line when the stock was held only on loans)."""
+        cash = next((lot for lot in self.lots if not lot.loan_date), None)
+        if cash is None:
+            cash = Lot(0, 0.0)
+            self.lots.insert(0, cash)
+        cash.avg_price = (cash.avg_price * cash.quantity + price * qty) / (cash.quantity + qty)
+        cash.quantity += qty
+        self.lots = [lot for lot in self.lots if lot.quantity > 0]
+        self.bought_today += qty
+
+    def sell(self, qty: int) -> None:
+        """Sell from the lots in row order; a stock sold out stays listed as one row of quantity 0."""
+        left = qty
+        for lot in self.lots:
+            taken = min(left, lot.quantity)
+            lot.quantity -= taken
+            left -= taken
+        self.lots = [lot for lot in self.lots if lot.quantity > 0] or [Lot(0, self.lots[0].avg_price)]
+        self.sold_today += qty
 
 
 @dataclass
@@ -157,6 +203,8 @@ class Account:
     positions: dict[str, Position] = field(default_factory=dict)
     orders: list[Order] = field(default_factory=list)
     pending: list[Order] = field(default_factory=list)
+    # Grows with every change of the holdings: a balance read paging across a change is refused (SYDB0050).
+    version: int = 0
 
     def orderable_qty(self, stock_code: str) -> int:
         held = self.positions.get(stock_code)
@@ -183,12 +231,44 @@ class Token:
         return self.revoked or now >= self.expires_at
 
 
+class CallBudget:
+    """`rate` calls a second, and a burst of at most `rate` (at least 1) after a quiet second.
+
+    The sources give only the rate; letting a burst of one second's worth through is this
+    simulator's reading of it, and it forgives a client's evenly spaced calls the jitter of the
+    network (a strict sliding window would refuse them whenever two arrive closer than sent)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+
+    def spend(self, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class SimulatorState:
     """The whole simulated world. `add_listener` lets the real-time feed observe ticks and fills."""
 
-    def __init__(self, *, seed: int | None = None, max_ticks_per_round: int = 3000) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int | None = None,
+        max_ticks_per_round: int = 3000,
+        token_issue_interval: float = TOKEN_ISSUE_INTERVAL,
+        rate_limits: dict[str, float] | None = RATE_LIMITS,
+    ) -> None:
         self.rng = random.Random(seed)
         self.max_ticks_per_round = max_ticks_per_round
+        # What the command line chose; /_fake/reset comes back to it.
+        self.default_token_issue_interval = token_issue_interval
+        self.default_rate_limits = dict(rate_limits) if rate_limits else None
         self.listeners: list[Listener] = []
         # Tokens and approval keys outlive /_fake/reset, like KIS's own.
         self.tokens: dict[str, Token] = {}
@@ -205,7 +285,16 @@ class SimulatorState:
         self.accounts_by_hts_id: dict[str, Account] = {}
         self.pending_by_code: dict[str, list[Order]] = {}
         self.faults: list[list] = []  # [mode, remaining, delay or None], served in order
+        self.stale_pages = 0  # continuation pages still to answer SYDB0050 (the "sydb0050" fault)
         self.calls: Counter[str] = Counter()
+        self.token_issue_interval = self.default_token_issue_interval
+        # The issue history (not the tokens): app key -> when its last token was issued.
+        self.last_issue_at: dict[str, float] = {}
+        self.rate_limits = dict(self.default_rate_limits) if self.default_rate_limits else None
+        self.budgets: dict[str, CallBudget] = {}
+        self.environment_by_appkey: dict[str, Environment] = {}
+        self.calls_by_appkey: Counter[str] = Counter()
+        self.rate_limited_by_appkey: Counter[str] = Counter()
         self.tokens_issued = 0
         self.orders_rejected = 0
         self.market_open = True
@@ -216,6 +305,7 @@ class SimulatorState:
             self.set_holdings(
                 cano, [{"stock_code": c, "quantity": q, "avg_price": p} for c, q, p in spec["holdings"]]
             )
+        self._emit({"kind": "reset"})
 
     # --- listeners (the real-time feed) ----------------------------------------------------
 
@@ -235,7 +325,13 @@ class SimulatorState:
     # --- tokens ----------------------------------------------------------------------------
 
     def issue_token(self, appkey: str) -> Token:
+        """The app key's token: refused within `token_issue_interval` of the last one answered, the
+        same one within 6 h, else a new one. A refused request does not restart the minute."""
         now = time.time()
+        last = self.last_issue_at.get(appkey)
+        if self.token_issue_interval and last is not None and now - last < self.token_issue_interval:
+            raise Rejection("EGW00133", "접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회)", http_status=403)
+        self.last_issue_at[appkey] = now
         latest = self.latest_token_by_appkey.get(appkey)
         if latest and not latest.expired(now) and now - latest.issued_at < TOKEN_REUSE_WINDOW:
             return latest
@@ -244,6 +340,39 @@ class SimulatorState:
         self.latest_token_by_appkey[appkey] = token
         self.tokens_issued += 1
         return token
+
+    def expire_token(self, token: Token) -> None:
+        """Make `token` expired, as 24 h would: its issue is then long past, so a new one may be issued."""
+        token.revoked = True
+        self.last_issue_at.pop(token.appkey, None)
+
+    # --- the call budget (rate limit) --------------------------------------------------------
+
+    def spend_call(self, appkey: str, environment: Environment | None) -> bool:
+        """Count one /uapi/ call of `appkey`; False when it is beyond the budget of its environment.
+
+        The environment is the one the TR id names (VTTC paper, TTTC real); a TR that names none
+        (a quotation) counts under the environment the key last used, paper if it used none yet."""
+        self.calls_by_appkey[appkey] += 1
+        if environment:
+            self.environment_by_appkey[appkey] = environment
+        if not self.rate_limits:
+            return True
+        rate = self.rate_limits[environment or self.environment_by_appkey.get(appkey, "paper")]
+        budget = self.budgets.get(appkey)
+        if budget is None or budget.rate != rate:
+            budget = self.budgets[appkey] = CallBudget(rate)
+        if budget.spend(time.monotonic()):
+            return True
+        self.rate_limited_by_appkey[appkey] += 1
+        return False
+
+    def rate_view(self) -> dict:
+        return {
+            "limits": self.rate_limits,
+            "calls": dict(self.calls_by_appkey),
+            "egw00201": dict(self.rate_limited_by_appkey),
+        }
 
     def token(self, value: str) -> Token | None:
         return self.tokens.get(value)
@@ -261,8 +390,16 @@ class SimulatorState:
     def inject_fault(self, mode: str, count: int, delay: float | None = None) -> None:
         if mode not in FAULT_MODES:
             raise ValueError(f"mode must be one of {', '.join(FAULT_MODES)}")
-        if count > 0:
+        if mode == "sydb0050":
+            self.stale_pages += count  # served by continuation pages only, not by any call
+        elif count > 0:
             self.faults.append([mode, count, delay])
+
+    def take_stale_page(self) -> bool:
+        if not self.stale_pages:
+            return False
+        self.stale_pages -= 1
+        return True
 
     def take_fault(self) -> tuple[str, float | None] | None:
         """The fault the next API call suffers, if any; every call uses up one."""
@@ -382,15 +519,19 @@ class SimulatorState:
         return account
 
     def set_holdings(self, cano: str, holdings: list[dict]) -> Account:
-        """Replace the account's holdings; a quantity of 0 leaves the stock out."""
+        """Replace the account's holdings. Entries of one stock code are its lots, in the order given,
+        each with an optional "loan_date" (YYYYMMDD); a quantity of 0 leaves the lot out."""
         account = self.account(cano)
+        positions: dict[str, Position] = {}
         for holding in holdings:
             self.stock(holding["stock_code"])  # list a code the market has not seen yet
-        account.positions = {
-            h["stock_code"]: Position(h["stock_code"], h["quantity"], float(h["avg_price"]))
-            for h in holdings
-            if h["quantity"] > 0
-        }
+            if holding["quantity"] > 0:
+                lot = Lot(holding["quantity"], float(holding["avg_price"]), holding.get("loan_date", ""))
+                positions.setdefault(holding["stock_code"], Position(holding["stock_code"], [])).lots.append(
+                    lot
+                )
+        account.positions = positions
+        account.version += 1
         return account
 
     # --- orders ----------------------------------------------------------------------------
@@ -420,6 +561,22 @@ class SimulatorState:
             f"{next(self._order_numbers):010d}", cano, stock_code, side, qty, limit_price, tr_id, hhmmss()
         )
         account.orders.append(order)
+        # The acceptance notice (CNTG_YN "1") goes out before any fill of the order.
+        self._emit(
+            {
+                "kind": "order",
+                "cano": account.cano,
+                "hts_id": account.hts_id,
+                "order_no": order.order_no,
+                "stock_code": stock_code,
+                "name": stock.name,
+                "side": side,
+                "qty": qty,
+                "price": limit_price or 0,
+                "order_type": "market" if limit_price is None else "limit",
+                "time": order.time,
+            }
+        )
         marketable = (
             limit_price is None
             or (side == "buy" and stock.price <= limit_price)
@@ -443,17 +600,13 @@ class SimulatorState:
             return
         if order.side == "buy":
             if held is None:
-                held = account.positions[order.stock_code] = Position(order.stock_code, 0, 0.0)
-            held.avg_price = (held.avg_price * held.quantity + price * order.qty) / (
-                held.quantity + order.qty
-            )
-            held.quantity += order.qty
-            held.bought_today += order.qty
+                held = account.positions[order.stock_code] = Position(order.stock_code, [])
+            held.buy(order.qty, price)
             account.cash -= price * order.qty
         else:
-            held.quantity -= order.qty  # a position sold out stays listed with quantity 0 until settlement
-            held.sold_today += order.qty
+            held.sell(order.qty)  # a position sold out stays listed with quantity 0 until settlement
             account.cash += price * order.qty
+        account.version += 1
         order.status, order.fill_price = "filled", price
         logger.info(
             "filled order %s of %s: %s %s x%d at %d",
@@ -475,6 +628,8 @@ class SimulatorState:
                 "side": order.side,
                 "qty": order.qty,
                 "price": price,
+                "order_price": order.limit_price or 0,
+                "order_type": "market" if order.limit_price is None else "limit",
                 "time": hhmmss(),
             }
         )
@@ -498,6 +653,10 @@ class SimulatorState:
                     "orderable_quantity": account.orderable_qty(p.stock_code),
                     "avg_price": p.avg_price,
                     "current_price": self.stock(p.stock_code).price,
+                    "lots": [
+                        {"quantity": lot.quantity, "avg_price": lot.avg_price, "loan_date": lot.loan_date}
+                        for lot in p.lots
+                    ],
                 }
                 for p in account.holdings()
                 if p.quantity > 0

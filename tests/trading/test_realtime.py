@@ -385,5 +385,5 @@ async def test_simulator_refuses_a_42nd_registration_and_a_second_session_of_one
         assert answers[-1]["body"]["msg_cd"] == "OPSP0008" and answers[-1]["body"]["rt_cd"] != "0"
         assert set(answers[0]["body"]["output"]) == {"iv", "key"}
         assert (await register(first, "900000"))["body"]["msg_cd"] == "OPSP0002"
-        assert (await register(first, "12345"))["body"]["msg_cd"] == "OPSP0007"
+        assert (await register(first, "12345"))["body"]["msg_cd"] == "OPSP8992"
         assert (await register(second, "005930"))["body"]["msg_cd"] == "OPSP8996"

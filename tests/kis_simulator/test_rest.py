@@ -12,7 +12,7 @@ BALANCE_QUERY = {
     "ACNT_PRDT_CD": "01",
     "AFHR_FLPR_YN": "N",
     "OFL_YN": "",
-    "INQR_DVSN": "02",
+    "INQR_DVSN": "01",
     "UNPR_DVSN": "01",
     "FUND_STTL_ICLD_YN": "N",
     "FNCG_AMT_AUTO_RDPT_YN": "N",
@@ -92,12 +92,25 @@ def many_holdings(count: int) -> list[dict]:
     return [{"stock_code": f"9{i:05d}", "quantity": i + 1, "avg_price": 10_000 + i} for i in range(count)]
 
 
-def test_token_is_reused_within_hours_and_survives_reset(simulator, wire):
+def test_a_second_token_within_a_minute_is_refused_and_reset_forgets_the_issue(simulator, wire):
+    again = wire.issue_token()
+    assert again.status_code == 403
+    assert again.json() == {
+        "error_code": "EGW00133",
+        "error_description": "접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회)",
+    }
+    assert wire.issue_token(appkey="another-key").status_code == 200  # the rule is per app key
+    simulator.reset()
+    assert wire.price("005930").json()["rt_cd"] == "0"  # tokens outlive a reset
+    assert wire.issue_token().json()["access_token"] == wire.token  # the same token within 6 h
+
+
+def test_the_token_rule_can_be_lifted(simulator, wire):
+    simulator.set_limits(token_issue_interval=0)
     again = wire.issue_token().json()
     assert again["access_token"] == wire.token
     assert again["token_type"] == "Bearer" and 0 < again["expires_in"] <= 86_400
-    simulator.reset()
-    assert wire.price("005930").json()["rt_cd"] == "0"
+    assert simulator.limits()["token_issue_interval"] == 0
 
 
 def test_empty_app_key_or_secret_answers_kis_error(wire):
@@ -107,30 +120,51 @@ def test_empty_app_key_or_secret_answers_kis_error(wire):
         assert response.json()["error_code"] == code
 
 
-def test_headers_are_checked_like_kis(simulator, wire):
-    def refusal(response: httpx.Response) -> str:
-        assert response.json()["rt_cd"] == "1"
-        return response.json()["msg_cd"]
+@pytest.mark.parametrize(
+    ("header", "value", "status", "msg_cd"),
+    [
+        ("authorization", None, 500, "EGW00205"),
+        ("authorization", "Bearer nope", 500, "EGW00121"),
+        ("appkey", None, 403, "EGW00102"),
+        ("appsecret", None, 403, "EGW00104"),
+        ("tr_id", None, 500, "OPSQ9999"),
+        ("tr_id", "XXXX0000R", 500, "OPSQ0002"),
+        ("custtype", None, 500, "EGW00208"),
+        ("custtype", "X", 500, "EGW00208"),
+    ],
+)
+def test_missing_or_wrong_headers_are_refused_like_kis(simulator, wire, header, value, status, msg_cd):
+    headers = wire.headers("VTTC8434R")
+    if value is None:
+        del headers[header]
+    else:
+        headers[header] = value
+    response = wire.http.get(BALANCE, params=BALANCE_QUERY | {"CANO": "50123456"}, headers=headers)
+    assert response.status_code == status
+    assert response.json()["rt_cd"] == "1" and response.json()["msg_cd"] == msg_cd
+    assert response.headers["tr_id"] == (value or "(null)" if header == "tr_id" else "VTTC8434R")
 
-    query = BALANCE_QUERY | {"CANO": "50123456"}
-    assert (
-        refusal(
-            wire.http.get(
-                BALANCE, params=query, headers=wire.headers("VTTC8434R", authorization="Bearer nope")
-            )
-        )
-        == "EGW00121"
-    )
-    assert refusal(wire.http.get(BALANCE, params=query, headers=wire.headers("XXXX0000R"))) == "OPSQ0002"
-    assert refusal(wire.balance("50123456", tr_id="TTTC8434R")) == "EGW02006"
-    assert (
-        refusal(wire.http.get(BALANCE, params=query, headers=wire.headers("VTTC8434R", custtype="")))
-        == "OPSQ2002"
-    )
-    assert (
-        refusal(wire.http.get(BALANCE, params={"CANO": "50123456"}, headers=wire.headers("VTTC8434R")))
-        == "OPSQ2001"
-    )
+
+def test_environment_and_input_checks(simulator, wire):
+    wrong_environment = wire.balance("50123456", tr_id="TTTC8434R").json()
+    assert (wrong_environment["rt_cd"], wrong_environment["msg_cd"]) == ("1", "EGW02006")
+    missing = wire.http.get(BALANCE, params={"CANO": "50123456"}, headers=wire.headers("VTTC8434R"))
+    assert missing.status_code == 200
+    assert (missing.json()["rt_cd"], missing.json()["msg_cd"]) == ("2", "OPSQ2001")
+    bad_account = wire.balance("5012345X").json()
+    assert (bad_account["rt_cd"], bad_account["msg_cd"]) == ("2", "OPSQ2000")
+
+
+@pytest.mark.parametrize("inqr_dvsn", ["02", "00", ""])
+def test_balance_by_stock_is_refused_as_kis_does_since_2026_02_10(simulator, wire, inqr_dvsn):
+    query = BALANCE_QUERY | {"CANO": "50123456", "INQR_DVSN": inqr_dvsn}
+    response = wire.http.get(BALANCE, params=query, headers=wire.headers("VTTC8434R"))
+    assert response.status_code == 200 and response.headers["tr_id"] == "VTTC8434R"
+    assert response.json() == {
+        "rt_cd": "2",
+        "msg_cd": "OPSQ2001",
+        "msg1": "ERROR : INPUT INVALID_CHECK_INQR_DVSN",
+    }
 
 
 def test_seeded_demo_account_and_values_are_strings(wire):
@@ -225,7 +259,7 @@ def test_current_price_answers_kis_fields(simulator, wire):
         "1.39",
     )
     assert (output["stck_mxpr"], output["stck_llam"]) == ("93600", "50400")
-    assert wire.price("00593").json()["msg_cd"] == "OPSQ2002"
+    assert wire.price("00593").json()["msg_cd"] == "OPSQ2001"
 
 
 def test_faults_hit_the_next_api_calls_tokenp_included(simulator, wire):
@@ -289,7 +323,8 @@ def test_listeners_see_every_tick_and_fill():
         "time",
     }
     order = state.place_order("50123456", "035720", "buy", 5, None, "VTTC0012U")
-    [fill] = [e for e in events if e["kind"] == "fill"]
+    [accepted, fill] = [e for e in events if e["kind"] in ("order", "fill")]
+    assert accepted["kind"] == "order" and (accepted["qty"], accepted["price"]) == (5, 0)
     assert fill | {"price": 0, "time": "", "name": ""} == {
         "kind": "fill",
         "cano": "50123456",
@@ -299,6 +334,8 @@ def test_listeners_see_every_tick_and_fill():
         "side": "buy",
         "qty": 5,
         "price": 0,
+        "order_price": 0,
+        "order_type": "market",
         "time": "",
         "name": "",
     }
@@ -322,3 +359,132 @@ def test_unknown_codes_and_accounts_are_made_on_demand():
     assert SimulatorState().stock("A12345").price == stock.price  # the same code, the same stock
     account = state.account("77777777")
     assert (account.environment, account.hts_id, account.positions) == ("paper", "sim77777777", {})
+
+
+# --- several rows of one stock (INQR_DVSN 01: by loan date) ------------------------------------
+
+
+def test_a_position_in_lots_comes_back_as_one_row_per_lot(simulator, wire):
+    simulator.set_holdings(
+        "61000003",
+        [
+            {"stock_code": "005930", "quantity": 10, "avg_price": 70_000},
+            {"stock_code": "005930", "quantity": 4, "avg_price": 65_000, "loan_date": "20260105"},
+            {"stock_code": "000660", "quantity": 2, "avg_price": 180_000},
+        ],
+    )
+    [(_, rows)] = wire.all_pages("61000003")
+    assert [(r["pdno"], r["hldg_qty"], r["loan_dt"], r["trad_dvsn_name"]) for r in rows] == [
+        ("000660", "2", "", "현금"),
+        ("005930", "10", "", "현금"),
+        ("005930", "4", "20260105", "자기융자"),
+    ]
+    [samsung] = [h for h in simulator.account("61000003")["holdings"] if h["stock_code"] == "005930"]
+    assert samsung["quantity"] == 14 and samsung["avg_price"] == pytest.approx(
+        (10 * 70_000 + 4 * 65_000) / 14
+    )
+    assert [lot["loan_date"] for lot in samsung["lots"]] == ["", "20260105"]
+
+    wire.order("61000003", "005930", 12, tr_id="VTTC0011U")  # sells the cash lot, then from the loan
+    [(_, rows)] = wire.all_pages("61000003")
+    assert [(r["hldg_qty"], r["loan_dt"], r["thdt_sll_qty"]) for r in rows if r["pdno"] == "005930"] == [
+        ("2", "20260105", "12")
+    ]
+
+
+def test_lots_page_like_rows(simulator, wire):
+    lots = [
+        {
+            "stock_code": f"9{i // 3:05d}",
+            "quantity": 1,
+            "avg_price": 10_000,
+            "loan_date": f"202601{i % 3 + 1:02d}",
+        }
+        for i in range(45)
+    ]
+    simulator.set_holdings("61000004", lots)
+    pages = wire.all_pages("61000004")
+    assert [len(rows) for _, rows in pages] == [20, 20, 5]
+    assert [(r["pdno"], r["loan_dt"]) for _, rows in pages for r in rows] == [
+        (lot["stock_code"], lot["loan_date"]) for lot in lots
+    ]
+
+
+def test_control_api_refuses_a_bad_loan_date(simulator):
+    body = [{"stock_code": "005930", "quantity": 1, "avg_price": 1, "loan_date": "2026-01-05"}]
+    assert httpx.put(simulator.url + "/_fake/accounts/50123456/holdings", json=body).status_code == 400
+
+
+# --- SYDB0050: the data changed under the paging -----------------------------------------------
+
+STALE = {"rt_cd": "7", "msg_cd": "SYDB0050", "msg1": "조회이후에 자료가 변경되었습니다.(다시 조회하세요)"}
+
+
+def test_the_sydb0050_fault_hits_continuation_pages_only(simulator, wire):
+    simulator.set_holdings("61000005", many_holdings(45))
+    simulator.inject_fault("sydb0050", 2)
+    first = wire.balance("61000005")
+    assert first.json()["rt_cd"] == "0"  # a first page never suffers it
+    assert wire.price("005930").json()["rt_cd"] == "0"  # nor any other call
+    body = first.json()
+    for _ in range(2):
+        stale = wire.balance("61000005", tr_cont="N", fk=body["ctx_area_fk100"], nk=body["ctx_area_nk100"])
+        assert stale.status_code == 200 and stale.json() == STALE
+    assert [len(rows) for _, rows in wire.all_pages("61000005")] == [20, 20, 5]
+
+
+def test_a_change_of_the_holdings_between_pages_answers_sydb0050(simulator, wire):
+    simulator.set_holdings("61000006", many_holdings(25))
+    body = wire.balance("61000006").json()
+    wire.order("61000006", "900000", 1, tr_id="VTTC0011U")  # a fill changes the holdings
+    stale = wire.balance("61000006", tr_cont="N", fk=body["ctx_area_fk100"], nk=body["ctx_area_nk100"])
+    assert stale.json() == STALE
+    assert [len(rows) for _, rows in wire.all_pages("61000006")] == [20, 5]  # a new read from page 1 works
+
+    simulator.set_prices_moving(True)  # prices moving is not a change of the holdings
+    body = wire.balance("61000006").json()
+    simulator.set_price("900001", 10_500)
+    assert (
+        wire.balance("61000006", tr_cont="N", fk=body["ctx_area_fk100"], nk=body["ctx_area_nk100"]).json()[
+            "rt_cd"
+        ]
+        == "0"
+    )
+
+
+# --- the call budget (EGW00201) ----------------------------------------------------------------
+
+
+def test_calls_beyond_the_budget_of_an_app_key_answer_egw00201(simulator, wire):
+    simulator.set_limits(rate_limits={"paper": 2, "real": 20})
+    answers = [wire.price("005930") for _ in range(3)]
+    assert [a.json()["rt_cd"] for a in answers[:2]] == ["0", "0"]
+    assert answers[2].status_code == 500
+    assert answers[2].json() == {
+        "rt_cd": "1",
+        "msg_cd": "EGW00201",
+        "msg1": "초당 거래건수를 초과하였습니다.",
+    }
+
+    other = Wire(simulator.url, appkey="another-app-key")  # each app key has its own budget
+    assert other.price("005930").json()["rt_cd"] == "0"
+    limits = simulator.limits()
+    assert limits["calls"] == {"wire-test-key": 3, "another-app-key": 1}
+    assert limits["egw00201"] == {"wire-test-key": 1}
+
+
+def test_a_real_app_key_has_the_larger_budget(simulator, wire):
+    simulator.set_limits(rate_limits={"paper": 2, "real": 20})
+    simulator.configure_account("61000007", environment="real")
+    answers = [wire.balance("61000007", tr_id="TTTC8434R").json()["rt_cd"] for _ in range(5)]
+    assert answers == ["0"] * 5
+    assert simulator.limits()["egw00201"] == {}
+
+
+def test_the_budget_is_lifted_for_tests_and_can_be_lifted_again(simulator, wire):
+    assert simulator.limits()["limits"] is None  # the test fixture starts it with --rate-limit off
+    assert all(wire.price("005930").json()["rt_cd"] == "0" for _ in range(10))
+    simulator.set_limits(rate_limits={"paper": 1, "real": 1})
+    simulator.reset()
+    assert simulator.limits()["limits"] is None  # reset comes back to the command line's choice
+    assert simulator.limits()["calls"] == {}
