@@ -26,7 +26,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
-from trading.brokers.base import BrokerError, Side, stock_code_error
+from trading.brokers.base import STOCK_CODE_PATTERN, BrokerError, Side, stock_code_error
 from trading.services import MAX_ACCOUNT_ID, TradeOutcome, user_account
 
 from .selectors import watchlist_snapshot
@@ -131,8 +131,8 @@ class TradeApi(APIView):
 
 
 TRADE_PARAMETERS = [
-    # The rule is trading.brokers.base.stock_code_error's, written as the ECMA regex OpenAPI uses.
-    OpenApiParameter("stock_code", OpenApiTypes.STR, OpenApiParameter.PATH, pattern="^[0-9A-Z]{6}$",
+    # The rule of trading.brokers.base.stock_code_error, as the ECMA regex OpenAPI uses.
+    OpenApiParameter("stock_code", OpenApiTypes.STR, OpenApiParameter.PATH, pattern=f"^{STOCK_CODE_PATTERN}$",
                      description="KRX short code: 6 digits or upper-case letters, e.g. 005930."),
     OpenApiParameter(
         "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,

@@ -14,22 +14,23 @@ without a new version and without a broadcast.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import pandas as pd
 
+from trading.brokers.base import HOLDING_FIELDS, Holding
+
 
 @dataclass(frozen=True, slots=True)
-class ItemState:
-    stock_code: str
-    name: str
-    quantity: int
-    avg_price: float
-    current_price: int
-    eval_amount: int
-    pnl: int
-    pnl_rate: float
+class ItemState(Holding):
+    """A watchlist item's values: a holding, and whether it is an optimistic change not yet confirmed."""
+
     pending: bool = False
+
+    @classmethod
+    def of(cls, item) -> ItemState:
+        """The values of a stored item (a WatchlistItem, or anything with these attributes)."""
+        return cls(*(getattr(item, name) for name in ITEM_FIELDS))
 
     def identity(self) -> tuple[int, float, bool]:
         """The values whose change is a watchlist change."""
@@ -53,6 +54,9 @@ class ItemState:
             pnl_rate=round((eval_amount - cost) / cost * 100, 2) if cost else 0.0,
             pending=self.pending if pending is None else pending,
         )
+
+
+ITEM_FIELDS = tuple(field.name for field in fields(ItemState))
 
 
 @dataclass(frozen=True)
@@ -89,10 +93,6 @@ def diff_items(stored: Mapping[str, ItemState], target: Mapping[str, ItemState])
         updated=tuple(sorted(updated)),
         repriced=tuple(sorted(repriced)),
     )
-
-
-HOLDING_FIELDS = ("stock_code", "name", "quantity", "avg_price", "current_price", "eval_amount", "pnl",
-                  "pnl_rate")
 
 
 def holdings_from_balance(account_df: pd.DataFrame) -> dict[str, ItemState]:

@@ -7,6 +7,7 @@ import time
 from trading.models import BrokerAccount
 from trading.services import AccountNotFound, user_account
 
+from .diff import ITEM_FIELDS
 from .models import SyncState, Watchlist, WatchlistItem
 
 
@@ -15,18 +16,8 @@ def unix(dt) -> int | None:
 
 
 def item_to_dict(item: WatchlistItem) -> dict:
-    return {
-        "stock_code": item.stock_code,
-        "name": item.name,
-        "quantity": item.quantity,
-        "avg_price": item.avg_price,
-        "current_price": item.current_price,
-        "eval_amount": item.eval_amount,
-        "pnl": item.pnl,
-        "pnl_rate": item.pnl_rate,
-        "pending": item.pending,
-        "updated_at": unix(item.updated_at),
-    }
+    """The contract's Item: the item's values (watchlist.diff.ITEM_FIELDS) and when it last changed."""
+    return {**{name: getattr(item, name) for name in ITEM_FIELDS}, "updated_at": unix(item.updated_at)}
 
 
 def full_list(watchlist: Watchlist) -> list[dict]:

@@ -14,6 +14,9 @@ from rest_framework import serializers
 from trading.brokers.base import MAX_ORDER_PRICE, MAX_ORDER_QTY, price_error, qty_error
 from trading.services import MAX_ACCOUNT_ID
 
+from .diff import ITEM_FIELDS
+from .models import WatchlistItem
+
 
 class CheckedField(serializers.Field):
     """A JSON value taken as it is when `check` finds nothing wrong with it (`check` returns the message)."""
@@ -64,17 +67,14 @@ class AccountSerializer(serializers.Serializer):
     number = serializers.CharField(help_text="CANO-product code, e.g. 50123456-01.")
 
 
-class ItemSerializer(serializers.Serializer):
-    stock_code = serializers.CharField()
-    name = serializers.CharField()
-    quantity = serializers.IntegerField()
-    avg_price = serializers.FloatField()
-    current_price = serializers.IntegerField()
-    eval_amount = serializers.IntegerField()
-    pnl = serializers.IntegerField()
-    pnl_rate = serializers.FloatField()
-    pending = serializers.BooleanField(help_text="An optimistic change not yet confirmed by the account.")
+class ItemSerializer(serializers.ModelSerializer):
+    """The contract's Item (selectors.item_to_dict), its field types taken from the model."""
+
     updated_at = serializers.IntegerField(help_text="Unix seconds.")
+
+    class Meta:
+        model = WatchlistItem
+        fields = [*ITEM_FIELDS, "updated_at"]
 
 
 class SyncStatusSerializer(serializers.Serializer):

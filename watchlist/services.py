@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -50,7 +50,7 @@ from trading.brokers.base import Broker, BrokerError, validate_order
 from trading.models import BrokerAccount
 
 from . import events, jobs
-from .diff import ItemState, WatchlistDiff, diff_items, holdings_from_balance
+from .diff import ITEM_FIELDS, ItemState, WatchlistDiff, diff_items, holdings_from_balance
 from .locks import account_lock, sync_in_progress
 from .models import PendingTrade, SyncState, Watchlist, WatchlistChange, WatchlistItem
 from .selectors import full_list, sync_status_dict
@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 TradeType = Literal["buy", "sell"]
 
-ITEM_VALUE_FIELDS = [f.name for f in fields(ItemState) if f.name != "stock_code"]
+ITEM_VALUE_FIELDS = [name for name in ITEM_FIELDS if name != "stock_code"]
 
 
 @dataclass(frozen=True)
@@ -87,20 +87,6 @@ class Reconciliation:
         )
         return (f"Not confirmed by the account within {int(grace.total_seconds())} s, "
                 f"the account's state wins: {orders}.")
-
-
-def item_state(item: WatchlistItem) -> ItemState:
-    return ItemState(
-        stock_code=item.stock_code,
-        name=item.name,
-        quantity=item.quantity,
-        avg_price=item.avg_price,
-        current_price=item.current_price,
-        eval_amount=item.eval_amount,
-        pnl=item.pnl,
-        pnl_rate=item.pnl_rate,
-        pending=item.pending,
-    )
 
 
 def reconcile(
@@ -203,7 +189,7 @@ class WatchlistService:
         with account_lock(self.account.id), transaction.atomic(durable=True):
             watchlist = Watchlist.objects.get(account=self.account)
             items = {item.stock_code: item for item in watchlist.items.all()}
-            stored = {code: item_state(item) for code, item in items.items()}
+            stored = {code: ItemState.of(item) for code, item in items.items()}
             open_intents = watchlist.pending_trades.filter(resolved_at__isnull=True).order_by("id")
             plan = reconcile(stored, holding_stocks, open_intents, read_mark=read_mark, now=now, grace=grace)
             changes = diff_items(stored, plan.target)
@@ -231,7 +217,7 @@ class WatchlistService:
         with account_lock(self.account.id), transaction.atomic(durable=True):
             watchlist.refresh_from_db(fields=["version"])
             item = watchlist.items.filter(stock_code=stock_code).first()
-            stored = {stock_code: item_state(item)} if item else {}
+            stored = {stock_code: ItemState.of(item)} if item else {}
             expected = optimistic_item(stored.get(stock_code), stock_code, trade_type, qty, price,
                                        name or stock_code)
             target = {stock_code: expected} if expected else {}

@@ -143,3 +143,17 @@ def test_a_non_empty_diff_means_a_code_quantity_price_or_pending_differs(stored,
         c: s.identity() for c, s in target.items()
     }
     assert bool(diff_items(stored, target)) == identities_differ
+
+
+def test_a_watchlist_item_is_a_holding_plus_pending_in_every_shape():
+    """One declaration (trading.brokers.base.Holding) maps to the item, the model, the API and the socket."""
+    from trading.brokers.base import BALANCE_COLUMNS, HOLDING_FIELDS
+    from watchlist.diff import ITEM_FIELDS
+    from watchlist.models import WatchlistItem
+    from watchlist.serializers import ItemSerializer
+
+    assert ITEM_FIELDS == (*HOLDING_FIELDS, "pending")
+    assert set(HOLDING_FIELDS) < set(BALANCE_COLUMNS)
+    stored = {f.name for f in WatchlistItem._meta.concrete_fields} - {"id", "watchlist", "updated_at"}
+    assert stored == set(ITEM_FIELDS)
+    assert list(ItemSerializer().fields) == [*ITEM_FIELDS, "updated_at"]

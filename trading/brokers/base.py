@@ -7,7 +7,7 @@ Every adapter (the real KIS one, the in-memory fake) implements `Broker`. Caller
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, Protocol
 from zoneinfo import ZoneInfo
 
@@ -17,21 +17,34 @@ Side = Literal["buy", "sell"]
 
 KST = ZoneInfo("Asia/Seoul")  # KRX trading hours and every KIS timestamp are Korean time
 
-STOCK_CODE_RE = re.compile(r"^[0-9A-Z]{6}\Z")  # \Z: "$" would let a trailing newline through
+STOCK_CODE_PATTERN = "[0-9A-Z]{6}"  # KRX short code: 005930, 0000J0 (the OpenAPI schema states it too)
+STOCK_CODE_RE = re.compile(rf"^{STOCK_CODE_PATTERN}\Z")  # \Z: "$" would let a trailing newline through
 MAX_ORDER_QTY = 1_000_000
 MAX_ORDER_PRICE = 100_000_000  # KRW: far above any KRX share price; keeps typos and overflows out
 
-# One row per position; numbers are numbers. Order matters for display and tests.
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """One position of the account: the fields of a holding, declared here once. The watchlist's item
+    (watchlist.diff.ItemState, the WatchlistItem model, the API and the socket) is a holding plus
+    whether it is pending."""
+
+    stock_code: str
+    name: str
+    quantity: int
+    avg_price: float
+    current_price: int
+    eval_amount: int
+    pnl: int
+    pnl_rate: float
+
+
+HOLDING_FIELDS = tuple(field.name for field in fields(Holding))
+_DTYPES = {"str": "string", "int": "int64", "float": "float64"}
+# A balance DataFrame: one row per position, a holding's fields plus what may be sold of it now.
 BALANCE_COLUMNS: dict[str, str] = {
-    "stock_code": "string",
-    "name": "string",
-    "quantity": "int64",
+    **{field.name: _DTYPES[field.type] for field in fields(Holding)},
     "orderable_quantity": "int64",
-    "avg_price": "float64",
-    "current_price": "int64",
-    "eval_amount": "int64",
-    "pnl": "int64",
-    "pnl_rate": "float64",
 }
 
 
