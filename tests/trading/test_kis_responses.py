@@ -345,7 +345,7 @@ def test_a_balance_that_changed_during_paging_is_read_again_from_page_one(accoun
 
     # 12, not 10 + 12: the first read's page 1 was dropped, not summed with the second read's.
     assert frame[["stock_code", "quantity"]].values.tolist() == [["005930", 12], ["035420", 4]]
-    first, interrupted, again, last = script.calls("inquire-balance")
+    _, _, again, last = script.calls("inquire-balance")
     assert again.headers["tr_cont"] == "" and again.url.params["CTX_AREA_NK100"] == ""
     assert last.headers["tr_cont"] == "N"
 
