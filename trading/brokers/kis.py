@@ -195,6 +195,13 @@ def decimal_field(record: dict, name: str) -> Decimal:
 
 def int_field(record: dict, name: str, *, minimum: int = INT64_MIN) -> int:
     """A whole number within 64 bits (the database's and the DataFrame's integers), at least `minimum`."""
+    value = record.get(name)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= MAX_NUMBER_TEXT:
+        # Most KIS numbers are plain digits: int() is several times cheaper than Decimal on the sync path.
+        number = int(value)
+        if not minimum <= number <= INT64_MAX:
+            raise BadBrokerResponse(f"{name} is out of range: {number}")
+        return number
     number = decimal_field(record, name)
     if not minimum <= number <= INT64_MAX:
         raise BadBrokerResponse(f"{name} is out of range: {number}")
