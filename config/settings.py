@@ -230,6 +230,9 @@ KIS_RATE_LIMIT_REAL = float(os.environ.get("KIS_RATE_LIMIT_REAL", "18"))
 KIS_RATE_LIMIT_PAPER = float(os.environ.get("KIS_RATE_LIMIT_PAPER", "2"))
 # KIS answers EGW00133 to a token asked for within about a minute of the last one.
 KIS_TOKEN_MIN_INTERVAL = float(os.environ.get("KIS_TOKEN_MIN_INTERVAL", "60"))
+# An account's base URL receives its app key and secret: KIS's two hosts only, and an http:// loopback
+# address (the simulator) only where this is on.
+KIS_ALLOW_LOOPBACK_BASE_URL = env_bool("KIS_ALLOW_LOOPBACK_BASE_URL", DEBUG)
 
 
 def _field_encryption_key() -> str:

@@ -19,6 +19,7 @@ KST = ZoneInfo("Asia/Seoul")  # KRX trading hours and every KIS timestamp are Ko
 
 STOCK_CODE_PATTERN = "[0-9A-Z]{6}"  # KRX short code: 005930, 0000J0 (the OpenAPI schema states it too)
 STOCK_CODE_RE = re.compile(rf"^{STOCK_CODE_PATTERN}\Z")  # \Z: "$" would let a trailing newline through
+MAX_STOCK_NAME_LENGTH = 100  # the watchlist item's name column
 MAX_ORDER_QTY = 1_000_000
 MAX_ORDER_PRICE = 100_000_000  # KRW: far above any KRX share price; keeps typos and overflows out
 
@@ -110,6 +111,25 @@ class TokenIssueLimited(BrokerError):
 
     retryable = True
     reason = "token_issue_limited"
+
+
+class BalanceChangedWhileRead(BrokerError):
+    """The balance kept changing while it was read page by page (SYDB0050)."""
+
+    retryable = True
+    reason = "data_changed"
+
+
+class RequestRefused(BrokerError):
+    """KIS refused a field of the request (OPSQ2001 / OPSQ2002): the adapter must change, not wait."""
+
+    reason = "request_refused"
+
+
+class UnknownStock(BrokerError):
+    """The broker knows no stock by that code."""
+
+    reason = "unknown_stock"
 
 
 class AuthenticationFailed(BrokerError):

@@ -17,14 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import httpx
 import pandas as pd
@@ -34,8 +37,11 @@ from django.core.cache import cache
 from ..redis import redis_client
 from .base import (
     KST,
+    MAX_STOCK_NAME_LENGTH,
+    STOCK_CODE_RE,
     AuthenticationFailed,
     BadBrokerResponse,
+    BalanceChangedWhileRead,
     BrokerError,
     BrokerTimeout,
     BrokerUnavailable,
@@ -43,9 +49,11 @@ from .base import (
     OrderRejected,
     Quote,
     RateLimited,
+    RequestRefused,
     Side,
     TokenExpired,
     TokenIssueLimited,
+    UnknownStock,
     balance_frame,
     stock_code_error,
     validate_order,
@@ -55,6 +63,12 @@ if TYPE_CHECKING:
     from trading.models import BrokerAccount
 
 logger = logging.getLogger(__name__)
+
+KIS_BASE_URLS = {
+    "real": "https://openapi.koreainvestment.com:9443",
+    "paper": "https://openapivts.koreainvestment.com:29443",
+}
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 TOKEN_PATH = "/oauth2/tokenP"
 BALANCE_PATH = "/uapi/domestic-stock/v1/trading/inquire-balance"
@@ -75,13 +89,21 @@ ERRORS_BY_MSG_CD: dict[str, type[BrokerError]] = {
     "EGW00103": AuthenticationFailed,
     "EGW00105": AuthenticationFailed,
 }
+# A read KIS refuses with these codes is wrong in itself: asking again cannot help.
+READ_REFUSALS_BY_MSG_CD: dict[str, type[BrokerError]] = {
+    "OPSQ2001": RequestRefused,
+    "OPSQ2002": RequestRefused,
+}
+DATA_CHANGED = "SYDB0050"  # a continuation page of a balance that changed since the first page
 MORE_PAGES = ("F", "M")  # the answer's tr_cont while pages follow; D or E on the last
 
 READ_ATTEMPTS = 3
 READ_BACKOFF = 0.2  # seconds before the second attempt, doubled before each next one
 MAX_BALANCE_PAGES = 200
+BALANCE_RESTARTS = 2  # reads from page 1 again after SYDB0050, before giving up until the next sync
 TOKEN_RENEW_MARGIN = 3600
 TOKEN_LOCK_TIMEOUT = 30
+TOKEN_ISSUE_REFUSED_HOLD = 60  # KIS issues one token a minute per app key; after EGW00133, wait that long
 MAX_RATE_WAIT = 10.0  # beyond this queue for one app key, refuse the call rather than wait
 
 # Reserve the next free call slot of one app key and answer how many microseconds to wait for it
@@ -121,56 +143,134 @@ def reserve_slot_script(url: str):
     return redis_client().register_script(RESERVE_SLOT)
 
 
+# --- where an account may point ---------------------------------------------------------------
+
+
+def base_url_error(url: str, *, allow_loopback: bool) -> str | None:
+    """Why `url` may not be an account's base URL, or None. The adapter sends the app key and secret
+    there, so only KIS's own two hosts (over HTTPS), and a loopback address (the simulator) when
+    allowed, qualify."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "Not a URL."
+    origin = f"{parts.scheme}://{parts.hostname}:{port}" if port else ""
+    if origin in KIS_BASE_URLS.values() and parts.path in ("", "/") and not parts.query:
+        return None
+    if allow_loopback and parts.scheme == "http" and parts.hostname in LOOPBACK_NAMES:
+        return None
+    hosts = " or ".join(KIS_BASE_URLS.values())
+    if allow_loopback:
+        return f"The base URL is {hosts}, or an http:// loopback address (the simulator)."
+    return f"The base URL is {hosts}."
+
+
 # --- reading KIS answers ------------------------------------------------------------------
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_NUMBER_TEXT = 40  # characters: far beyond any amount KIS sends, short of a pathological one
 
-def text_field(record: dict, name: str) -> str:
+
+def text_field(record: dict, name: str, *, max_length: int = MAX_STOCK_NAME_LENGTH) -> str:
     value = record.get(name)
     if not isinstance(value, str) or not value.strip():
         raise BadBrokerResponse(f"KIS answer without {name}")
-    return value.strip()
+    value = value.strip()
+    if len(value) > max_length:
+        raise BadBrokerResponse(f"{name} is longer than {max_length} characters: {value[:20]!r}...")
+    return value
 
 
 def decimal_field(record: dict, name: str) -> Decimal:
     value = record.get(name)
     try:
-        number = Decimal(value.strip().replace(",", ""))
-    except (AttributeError, InvalidOperation):
+        number = Decimal(value.strip().replace(",", "")) if len(value) <= MAX_NUMBER_TEXT else None
+    except (AttributeError, TypeError, InvalidOperation):
         number = None
     if number is None or not number.is_finite():
-        raise BadBrokerResponse(f"{name} is not a number: {value!r}")
+        raise BadBrokerResponse(f"{name} is not a number: {str(value)[:MAX_NUMBER_TEXT]!r}")
     return number
 
 
-def int_field(record: dict, name: str) -> int:
+def int_field(record: dict, name: str, *, minimum: int = INT64_MIN) -> int:
+    """A whole number within 64 bits (the database's and the DataFrame's integers), at least `minimum`."""
+    value = record.get(name)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= MAX_NUMBER_TEXT:
+        # Most KIS numbers are plain digits: int() is several times cheaper than Decimal on the sync path.
+        number = int(value)
+        if not minimum <= number <= INT64_MAX:
+            raise BadBrokerResponse(f"{name} is out of range: {number}")
+        return number
     number = decimal_field(record, name)
+    if not minimum <= number <= INT64_MAX:
+        raise BadBrokerResponse(f"{name} is out of range: {number}")
     if number != number.to_integral_value():
         raise BadBrokerResponse(f"{name} is not a whole number: {number}")
     return int(number)
 
 
-def float_field(record: dict, name: str) -> float:
-    return float(decimal_field(record, name))
+def float_field(record: dict, name: str, *, minimum: float = -math.inf) -> float:
+    """A finite float (a "1e400" would become inf), at least `minimum`."""
+    number = float(decimal_field(record, name))
+    if not math.isfinite(number) or number < minimum:
+        raise BadBrokerResponse(f"{name} is out of range: {number}")
+    return number
 
 
 def position_of(row: object) -> dict | None:
     """A balance row (output1) as BALANCE_COLUMNS; None for a position sold out today (quantity 0)."""
     if not isinstance(row, dict):
-        raise BadBrokerResponse(f"a balance row is not an object: {row!r}")
-    quantity = int_field(row, "hldg_qty")
+        raise BadBrokerResponse(f"a balance row is not an object: {str(row)[:60]!r}")
+    quantity = int_field(row, "hldg_qty", minimum=0)
     if quantity == 0:
         return None
+    code = text_field(row, "pdno")
+    if not STOCK_CODE_RE.match(code):
+        raise BadBrokerResponse(f"pdno is not a stock code: {code[:20]!r}")
     return {
-        "stock_code": text_field(row, "pdno"),
+        "stock_code": code,
         "name": text_field(row, "prdt_name"),
         "quantity": quantity,
-        "orderable_quantity": int_field(row, "ord_psbl_qty"),
-        "avg_price": float_field(row, "pchs_avg_pric"),
-        "current_price": int_field(row, "prpr"),
-        "eval_amount": int_field(row, "evlu_amt"),
+        "orderable_quantity": int_field(row, "ord_psbl_qty", minimum=0),
+        "avg_price": float_field(row, "pchs_avg_pric", minimum=0),
+        "current_price": int_field(row, "prpr", minimum=0),
+        "eval_amount": int_field(row, "evlu_amt", minimum=0),
         "pnl": int_field(row, "evlu_pfls_amt"),
         "pnl_rate": float_field(row, "evlu_pfls_rt"),
     }
+
+
+def combined(held: dict, row: dict) -> dict:
+    """Two rows of one stock (KIS lists a stock once per loan date) as one position: quantities and
+    amounts added, the average price weighted by quantity, the rate recomputed from the sums."""
+    quantity = held["quantity"] + row["quantity"]
+    cost = held["avg_price"] * held["quantity"] + row["avg_price"] * row["quantity"]
+    pnl = held["pnl"] + row["pnl"]
+    return held | {
+        "quantity": quantity,
+        "orderable_quantity": held["orderable_quantity"] + row["orderable_quantity"],
+        "avg_price": cost / quantity,
+        "current_price": row["current_price"],
+        "eval_amount": held["eval_amount"] + row["eval_amount"],
+        "pnl": pnl,
+        "pnl_rate": round(pnl / cost * 100, 2) if cost else 0.0,
+    }
+
+
+def one_row_per_stock(positions: list[dict]) -> list[dict]:
+    by_code: dict[str, dict] = {}
+    for position in positions:
+        code = position["stock_code"]
+        held = by_code.get(code)
+        by_code[code] = position if held is None else combined(held, position)
+    return positions if len(by_code) == len(positions) else list(by_code.values())
+
+
+def connection_failure(error: httpx.HTTPError) -> str:
+    """Why a connection failed, in the operating system's words ("connection refused")."""
+    reason = re.sub(r"^\[Errno -?\d+\]\s*", "", str(error)).strip()
+    return reason.lower() if reason else type(error).__name__
 
 
 def error_for(msg_cd: str, message: str) -> BrokerError | None:
@@ -192,16 +292,19 @@ def json_object(response: httpx.Response, what: str) -> dict:
 
 
 def token_expiry(body: dict) -> float:
-    """When the issued token expires (Unix time), from expires_in or else access_token_token_expired."""
+    """When the issued token expires (Unix time): access_token_token_expired (KST), else expires_in.
+
+    The timestamp first, as KIS's own client (kis_auth.py) reads it: it names the moment itself, while
+    expires_in only counts from whenever the answer was read."""
     try:
-        return time.time() + int(body["expires_in"])
+        expires = datetime.strptime(body["access_token_token_expired"], "%Y-%m-%d %H:%M:%S")
+        return expires.replace(tzinfo=KST).timestamp()
     except (KeyError, TypeError, ValueError):
         pass
     try:
-        expires = datetime.strptime(body["access_token_token_expired"], "%Y-%m-%d %H:%M:%S")
+        return time.time() + int(body["expires_in"])
     except (KeyError, TypeError, ValueError):
-        raise BadBrokerResponse("token answer without expires_in or access_token_token_expired") from None
-    return expires.replace(tzinfo=KST).timestamp()
+        raise BadBrokerResponse("token answer without access_token_token_expired or expires_in") from None
 
 
 class SharedToken:
@@ -263,7 +366,8 @@ class SharedToken:
         try:
             record = issue()
         except TokenIssueLimited:
-            cache.set(self.issued_key, True, timeout=settings.KIS_TOKEN_MIN_INTERVAL)
+            # KIS's own rule, whatever our pacing setting says: asking again sooner is refused again.
+            cache.set(self.issued_key, True, timeout=max(settings.KIS_TOKEN_MIN_INTERVAL, TOKEN_ISSUE_REFUSED_HOLD))
             raise
         cache.set(self.issued_key, True, timeout=settings.KIS_TOKEN_MIN_INTERVAL)
         cache.set(self.cache_key, record, timeout=max(1, int(record["expires_at"] - time.time())))
@@ -276,6 +380,7 @@ class KoreaInvestService:
     def __init__(self, account: BrokerAccount, *, http: httpx.Client | None = None) -> None:
         self.account = account
         self.base_url = account.base_url.rstrip("/")
+        self.host = urlsplit(self.base_url).netloc
         self.environment = "paper" if account.is_paper else "real"
         # Names the app key in Redis keys and logs without revealing it.
         self.key_id = hashlib.sha256(f"{self.base_url}|{account.app_key}".encode()).hexdigest()[:16]
@@ -290,13 +395,38 @@ class KoreaInvestService:
     # --- the Broker interface ----------------------------------------------------------------
 
     def get_acct_balance(self) -> pd.DataFrame:
+        for attempt in range(1, BALANCE_RESTARTS + 2):
+            try:
+                positions = [p for rows in self._balance_pages() for p in map(position_of, rows) if p]
+            except BrokerError as error:
+                if error.msg_cd != DATA_CHANGED:
+                    raise
+                # The pages read so far describe another moment than the ones to come: all or nothing.
+                logger.warning("the balance of %s changed while it was read (read %d of %d); reading again",
+                               self.label, attempt, BALANCE_RESTARTS + 1)
+                continue
+            try:
+                return balance_frame(one_row_per_stock(positions))
+            except OverflowError:
+                raise BadBrokerResponse(f"the balance of {self.label} adds up beyond 64-bit numbers") from None
+        raise BalanceChangedWhileRead(
+            f"the balance of {self.label} changed during each of {BALANCE_RESTARTS + 1} reads", msg_cd=DATA_CHANGED
+        )
+
+    def count_first_balance_page(self) -> int:
+        """Read the first balance page alone: the rows it holds. For checking an account."""
+        return len(next(self._balance_pages()))
+
+    def _balance_pages(self) -> Iterator[list]:
+        """The rows (output1) of each page of one balance read, from the first page on."""
         tr_id = TR_IDS["balance"][self.environment]
-        positions: list[dict] = []
         query = {
             "CANO": self.account.account_number,
             "ACNT_PRDT_CD": self.account.product_code,
             "AFHR_FLPR_YN": "N",
             "OFL_YN": "",
+            # "01" (by loan date) as the official sample sends it; "02" (by stock) is refused since
+            # 2026-02-10 (python-kis #81). One stock can then take several rows: one_row_per_stock.
             "INQR_DVSN": "01",
             "UNPR_DVSN": "01",
             "FUND_STTL_ICLD_YN": "N",
@@ -311,10 +441,10 @@ class KoreaInvestService:
             rows = body.get("output1")
             if not isinstance(rows, list):
                 raise BadBrokerResponse("balance answer without an output1 list")
-            positions.extend(p for p in map(position_of, rows) if p)
+            yield rows
             if headers.get("tr_cont", "").strip() not in MORE_PAGES:
-                logger.debug("balance of %s: %d positions on %d pages", self.label, len(positions), page)
-                return balance_frame(positions)
+                logger.debug("balance of %s read in %d pages", self.label, page)
+                return
             next_key = body.get("ctx_area_nk100")
             if not isinstance(next_key, str) or not next_key.strip():
                 raise BadBrokerResponse("balance answer says more pages follow but gives no ctx_area_nk100")
@@ -332,6 +462,11 @@ class KoreaInvestService:
             "ORD_DVSN": "01" if price is None else "00",
             "ORD_QTY": str(qty),
             "ORD_UNPR": "0" if price is None else str(price),
+            # As the official sample (examples_llm/domestic_stock/order_cash/order_cash.py) sends them:
+            # the exchange, a plain sale (01) for sells, and no stop price.
+            "EXCG_ID_DVSN_CD": "KRX",
+            "SLL_TYPE": "01" if side == "sell" else "",
+            "CNDT_PRIC": "",
         }
         answer, _ = self._call("POST", ORDER_PATH, tr_id, body=body, is_order=True)
         output = answer.get("output")
@@ -358,15 +493,23 @@ class KoreaInvestService:
         output = body.get("output")
         if not isinstance(output, dict):
             raise BadBrokerResponse("price answer without an output object")
+        price = int_field(output, "stck_prpr", minimum=0)
+        if price == 0:
+            # KIS answers a code it does not list with a price of "0": never a price to trade at.
+            raise UnknownStock(f"KIS knows no stock {stock_code} (its current price is 0)")
         return Quote(
             stock_code=stock_code,
-            price=int_field(output, "stck_prpr"),
+            price=price,
             change=int_field(output, "prdy_vrss"),
             change_rate=float_field(output, "prdy_ctrt"),
-            volume=int_field(output, "acml_vol"),
+            volume=int_field(output, "acml_vol", minimum=0),
         )
 
     # --- calls ---------------------------------------------------------------------------------
+
+    def access_token(self) -> str:
+        """The app key's access token: the shared one, or a new one from KIS."""
+        return self.token.get(self._issue_token)
 
     def _read(self, method: str, path: str, tr_id: str, **request) -> tuple[dict, httpx.Headers]:
         """A read: tried again, after a short backoff, when rate limited or KIS is unavailable."""
@@ -391,7 +534,7 @@ class KoreaInvestService:
     def _call(self, method: str, path: str, tr_id: str, **request) -> tuple[dict, httpx.Headers]:
         """One call with a valid token. A refused token is renewed and the call sent once more: the
         gateway turned the first one away, so even an order cannot have been placed."""
-        token = self.token.get(self._issue_token)
+        token = self.access_token()
         try:
             return self._send(method, path, tr_id, token, **request)
         except TokenExpired as error:
@@ -435,7 +578,9 @@ class KoreaInvestService:
                 timeout=settings.KIS_TIMEOUT,
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-            raise BrokerUnavailable(f"KIS cannot be reached for {tr_id} ({type(error).__name__})") from None
+            raise BrokerUnavailable(
+                f"cannot connect to {self.host} for {tr_id} ({connection_failure(error)})"
+            ) from None
         except httpx.TimeoutException:
             raise BrokerTimeout(
                 f"KIS did not answer {tr_id} within {settings.KIS_TIMEOUT:g}s{unknown}"
@@ -460,7 +605,7 @@ class KoreaInvestService:
         if "rt_cd" not in answer:
             raise BadBrokerResponse(f"KIS answer to {tr_id} without rt_cd (HTTP {response.status_code})")
         logger.warning("KIS refused %s for %s: %s %s", tr_id, self.label, msg_cd, message)
-        refusal = OrderRejected if is_order else BrokerError
+        refusal = OrderRejected if is_order else READ_REFUSALS_BY_MSG_CD.get(msg_cd, BrokerError)
         raise refusal(message or f"KIS refused {tr_id}", msg_cd=msg_cd)
 
     def _issue_token(self) -> dict:
@@ -480,7 +625,7 @@ class KoreaInvestService:
         except httpx.TimeoutException:
             raise BrokerTimeout(f"KIS did not answer tokenP within {settings.KIS_TIMEOUT:g}s") from None
         except httpx.HTTPError as error:
-            raise BrokerUnavailable(f"KIS cannot be reached for tokenP ({type(error).__name__})") from None
+            raise BrokerUnavailable(f"cannot connect to {self.host} for tokenP ({connection_failure(error)})") from None
         answer = json_object(response, "tokenP")
         token = answer.get("access_token")
         if response.is_success and isinstance(token, str) and token:
