@@ -230,6 +230,9 @@ KIS_RATE_LIMIT_REAL = float(os.environ.get("KIS_RATE_LIMIT_REAL", "18"))
 KIS_RATE_LIMIT_PAPER = float(os.environ.get("KIS_RATE_LIMIT_PAPER", "2"))
 # KIS answers EGW00133 to a token asked for within about a minute of the last one.
 KIS_TOKEN_MIN_INTERVAL = float(os.environ.get("KIS_TOKEN_MIN_INTERVAL", "60"))
+# The operator's BrokerAccount whose real-time session streams every watched price of its feed (empty:
+# each user's codes go on that user's own sessions, spending nobody else's app key or slots).
+KIS_MARKET_DATA_ACCOUNT_ID = int(os.environ.get("KIS_MARKET_DATA_ACCOUNT_ID") or 0) or None
 
 
 def _field_encryption_key() -> str:
