@@ -230,7 +230,7 @@ def test_a_session_holds_at_most_41_registrations():
         session.register(Registration(PRICE_TR, f"{i:06d}") for i in range(MAX_REGISTRATIONS + 1))
 
 
-async def test_messages_go_to_the_callbacks_and_pingpong_is_echoed():
+async def test_messages_go_to_the_callbacks_and_pingpong_is_echoed_and_ponged():
     session, ticks, fills = collecting_session()
     socket = RecordingSocket()
     pingpong = '{"header":{"tr_id":"PINGPONG","datetime":"20261125093400"}}'

@@ -596,3 +596,10 @@ def test_an_app_key_in_use_elsewhere_shows_on_the_account(simulator, user, make_
 
     assert shown["realtime_error"].startswith("realtime_refused: ") and "OPSP8996" in shown["realtime_error"]
     assert SyncState.objects.get(account=account).realtime_error == shown["realtime_error"]
+
+
+def test_the_admin_lists_an_accounts_real_time_problem(admin_client, user, make_account):
+    account = make_account(user)
+    SyncState.objects.create(account=account, realtime_error="fill_notices_off: the broker drops the session")
+    page = admin_client.get("/admin/watchlist/syncstate/").content.decode()
+    assert "fill_notices_off: the broker drops the session" in page
