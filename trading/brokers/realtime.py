@@ -564,6 +564,9 @@ class RealtimeSession:
                     self._sent.clear()
                     self._keys.clear()
                 connected_for = 0.0 if opened_at is None else loop.time() - opened_at
+                # A session that lived this long was not refused, even one that had nothing to ack.
+                if connected_for >= self.backoff.healthy_after and not refused:
+                    self.refusal = ""
                 self.retry_in = self.backoff.after(connected_for=connected_for, refused=refused)
                 logger.warning(
                     "real-time session %s (%s) to %s failed after %.1fs connected: %s; connecting again in %.1fs",
