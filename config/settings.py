@@ -233,6 +233,9 @@ KIS_TOKEN_MIN_INTERVAL = float(os.environ.get("KIS_TOKEN_MIN_INTERVAL", "60"))
 # An account's base URL receives its app key and secret: KIS's two hosts only, and an http:// loopback
 # address (the simulator) only where this is on.
 KIS_ALLOW_LOOPBACK_BASE_URL = env_bool("KIS_ALLOW_LOOPBACK_BASE_URL", DEBUG)
+# The operator's BrokerAccount whose real-time session streams every watched price of its feed (empty:
+# each user's codes go on that user's own sessions, spending nobody else's app key or slots).
+KIS_MARKET_DATA_ACCOUNT_ID = int(os.environ.get("KIS_MARKET_DATA_ACCOUNT_ID") or 0) or None
 
 
 def _field_encryption_key() -> str:

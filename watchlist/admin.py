@@ -109,7 +109,7 @@ class WatchlistChangeAdmin(ReadOnlyAdmin):
 @admin.register(SyncState)
 class SyncStateAdmin(ReadOnlyAdmin):
     list_display = ["account", "status", "consecutive_failures", "last_success_at", "last_attempt_at",
-                    "next_attempt_at", "last_error"]
+                    "next_attempt_at", "last_error", "realtime_error"]
     list_select_related = ["account"]
     list_filter = ["consecutive_failures", "account"]
     actions = [sync_now]

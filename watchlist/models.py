@@ -70,7 +70,8 @@ class WatchlistChange(models.Model):
 
 
 class SyncState(models.Model):
-    """When the account last synced, how often it failed since, and when to try next."""
+    """When the account last synced, how often it failed since, and when to try next; and what is wrong
+    with its real-time feed now (`realtime_error`, written by the price feed, empty when all is well)."""
 
     account = models.OneToOneField(BrokerAccount, on_delete=models.CASCADE, related_name="sync_state")
     last_success_at = models.DateTimeField(null=True, blank=True)
@@ -78,6 +79,9 @@ class SyncState(models.Model):
     consecutive_failures = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
     last_error = models.TextField(blank=True)
+    realtime_error = models.TextField(
+        blank=True, help_text="What the price feed cannot do for this account now, and why; empty when all is well."
+    )
 
     @property
     def status(self) -> str:

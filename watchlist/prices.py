@@ -11,10 +11,14 @@ Sessions. KIS allows one real-time session per app key and 41 registrations per 
 each account has its own app key. So the feed opens one session per distinct app key, at that key's
 feed (`realtime_url`: KIS real or paper, or the simulator that issued it). A fill notice comes from
 its account's own session: every account with an HTS id registers H0STCNI0 (real) or H0STCNI9
-(paper) there. Prices are market data, the same whichever key asks, so the codes watched on one feed
-are spread over all of that feed's sessions: each code is registered once, stays on its session while
-watched, and a new one goes where there is most room. Codes beyond the room of every session are not
-streamed, and the log says which. Two feeds (KIS and the simulator) never share prices.
+(paper) there. A user's watched codes are registered on that user's own sessions only: an app key and
+its registration slots belong to the user whose account holds them, and nobody else's watchlist may
+spend them. When the setting KIS_MARKET_DATA_ACCOUNT_ID names an operator's account, its session
+streams the codes of its feed first, and the users' own sessions take only what does not fit there.
+A code stays on its session while watched; a new one goes to the allowed session with most room.
+Codes that fit on no session are not streamed, and the log says which. A price, whichever session
+brought it, goes to every account watching the code. Two feeds (KIS and the simulator) never share
+prices.
 
 Prices. Ticks are coalesced: per (feed, code) only the latest waits, and every `flush_interval`
 (0.3 s) the waiting ones go out as price_update to every account group watching the code, so a
@@ -24,8 +28,15 @@ its market is open, so a client hears of it at least every 5 s. The message's ti
 time. Every `store_interval` (1 s) the latest prices go into the items (price, evaluation, P&L) with
 one UPDATE per feed, without a version bump or a message, so a snapshot after a reconnect shows them.
 
-Fills. A fill notice (field 13 "2") queues an immediate reconciling sync of its account, so a pending
-item is confirmed within a second of the fill instead of at the next periodic sync.
+Fills. A fill notice (CNTG_YN "2") queues an immediate reconciling sync of its account, so a pending
+item is confirmed within a second of the fill instead of at the next periodic sync. The notice's
+CUST_ID is compared with the accounts' HTS ids trimmed and case-folded; a notice that matches no
+account of its session is logged with that session, never dropped in silence.
+
+Problems. What a session cannot do for an account (the broker refuses the session, or drops it after
+the account's fill-notice registration, which is then suspended) goes into the account's
+`SyncState.realtime_error`, which the admin and the page's sync status show, and is cleared when it
+is over.
 
 App keys, secrets and approval keys never reach a log: sessions are named by their account ids.
 """
@@ -36,13 +47,15 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property, partial
 from typing import TypeVar
 
 from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import transaction
 from django.db.models import BigIntegerField, Case, ExpressionWrapper, F, FloatField, Value, When
 from django.db.models.functions import Round
 
@@ -57,6 +70,7 @@ from trading.brokers.realtime import (
     Tick,
     fill_tr,
     follows_krx_hours,
+    hts_id_key,
     krx_is_open_now,
     kst_unix,
     realtime_url,
@@ -64,7 +78,8 @@ from trading.brokers.realtime import (
 from trading.models import BrokerAccount
 
 from . import events, jobs
-from .models import WatchlistItem
+from .models import SyncState, WatchlistItem
+from .selectors import sync_status_dict
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +90,7 @@ SessionKey = TypeVar("SessionKey")
 @dataclass(frozen=True)
 class FeedAccount:
     id: int
+    owner_id: int
     account_number: str
     credentials: Credentials
     url: str
@@ -104,9 +120,11 @@ def load_watch_state() -> WatchState:
     for account in BrokerAccount.objects.all():
         if not (account.app_key and account.app_secret):
             continue  # nothing could authenticate its session
-        fills = Registration(fill_tr(account.is_paper), account.hts_id) if account.hts_id else None
+        hts_id = account.hts_id.strip()
+        fills = Registration(fill_tr(account.is_paper), hts_id) if hts_id else None
         accounts[account.id] = FeedAccount(
             id=account.id,
+            owner_id=account.owner_id,
             account_number=account.account_number,
             credentials=Credentials(account.base_url, account.app_key, account.app_secret),
             url=realtime_url(account.base_url),
@@ -119,26 +137,42 @@ def load_watch_state() -> WatchState:
     return WatchState(accounts, {key: frozenset(ids) for key, ids in watchers.items()})
 
 
+Demand = tuple[str, Sequence[Collection[SessionKey]]]  # a code, and the tiers of sessions that may hold it
+
+
 def assign_codes(
-    room: Mapping[SessionKey, int], codes: Iterable[str], current: Mapping[SessionKey, set[str]]
+    room: Mapping[SessionKey, int], demands: Iterable[Demand], current: Mapping[SessionKey, set[str]]
 ) -> tuple[dict[SessionKey, set[str]], set[str]]:
-    """Spread codes over sessions with `room` free registrations each: a code stays on the session
-    that has it, a new one goes to the session with the most room left. Returns the assignment and
-    the codes that fit nowhere."""
-    wanted = set(codes)
+    """Place codes on sessions with `room` free registrations each.
+
+    A demand (code, tiers) is met by any session of its tiers holding the code. A code stays on the
+    session that has it while a demand allows it there; an unmet demand goes to the session with the
+    most room left in its first tier that has room. Returns the assignment and the codes of the
+    demands met nowhere."""
+    demands = list(demands)
     assigned: dict[SessionKey, set[str]] = {key: set() for key in room}
-    placed: set[str] = set()
-    for key in room:
-        for code in sorted((current.get(key, set()) & wanted) - placed)[: room[key]]:
-            assigned[key].add(code)
-            placed.add(code)
+
+    def met(code: str, tiers: Sequence[Collection[SessionKey]]) -> bool:
+        return any(code in assigned[key] for tier in tiers for key in tier if key in assigned)
+
+    for code, tiers in demands:
+        if met(code, tiers):
+            continue
+        for key in (key for tier in tiers for key in tier if key in assigned):
+            if code in current.get(key, ()) and len(assigned[key]) < room[key]:
+                assigned[key].add(code)
+                break
     unplaced = set()
-    for code in sorted(wanted - placed):
-        roomiest = max(room, key=lambda k: room[k] - len(assigned[k]), default=None)
-        if roomiest is None or room[roomiest] <= len(assigned[roomiest]):
-            unplaced.add(code)
+    for code, tiers in demands:
+        if met(code, tiers):
+            continue
+        for tier in tiers:
+            free = [key for key in tier if key in assigned and len(assigned[key]) < room[key]]
+            if free:
+                assigned[max(free, key=lambda k: room[k] - len(assigned[k]))].add(code)
+                break
         else:
-            assigned[roomiest].add(code)
+            unplaced.add(code)
     return assigned, unplaced
 
 
@@ -170,6 +204,33 @@ def store_prices(account_ids: Iterable[int], prices: Mapping[str, int]) -> int:
     )
 
 
+def record_realtime_errors(errors: Mapping[int, str], recorded: Mapping[int, str] | None) -> None:
+    """Write each account's real-time problem (`errors`, accounts without one left out) into its
+    SyncState where it differs from what was `recorded` last (None: nothing is known, as after a
+    restart, so every stale one is cleared too), and push the changed sync status to its pages."""
+    if recorded is None:
+        recorded = {
+            account_id: error
+            for account_id, error in SyncState.objects.exclude(realtime_error="").values_list(
+                "account_id", "realtime_error"
+            )
+        }
+    for account_id in set(errors) | set(recorded):
+        error = errors.get(account_id, "")
+        if error == recorded.get(account_id, ""):
+            continue
+        with transaction.atomic():
+            state, _ = SyncState.objects.select_for_update().get_or_create(account_id=account_id)
+            state.realtime_error = error
+            state.save(update_fields=["realtime_error"])
+            sync = sync_status_dict(state)
+            transaction.on_commit(partial(events.send_sync_status, account_id, sync), robust=True)
+        if error:
+            logger.warning("price feed: account=%s real-time problem: %s", account_id, error)
+        else:
+            logger.info("price feed: account=%s real-time problem over", account_id)
+
+
 def price_message(tick: Tick, now: datetime) -> dict:
     return events.price_update_message(
         tick.stock_code,
@@ -191,7 +252,9 @@ class PriceFeed:
         flush_interval: float = 0.3,
         resend_interval: float = 4.0,
         store_interval: float = 1.0,
+        market_data_account_id: int | None = None,
     ) -> None:
+        self.market_data_account_id = market_data_account_id or settings.KIS_MARKET_DATA_ACCOUNT_ID
         self.refresh_interval = refresh_interval
         self.flush_interval = flush_interval
         self.resend_interval = resend_interval
@@ -206,6 +269,7 @@ class PriceFeed:
         self._unstored: dict[str, dict[str, int]] = defaultdict(dict)  # feed URL -> code -> price
         self._fill_syncs: set[asyncio.Task] = set()
         self._accounts_without_hts_id: set[int] = set()
+        self.realtime_errors: dict[int, str] | None = None  # as last recorded; None: not read yet
 
     async def run(self) -> None:
         try:
@@ -240,6 +304,33 @@ class PriceFeed:
 
     async def refresh(self) -> None:
         self.apply(await database_sync_to_async(load_watch_state)())
+        errors = self.realtime_problems()
+        if errors != self.realtime_errors:
+            await database_sync_to_async(record_realtime_errors)(errors, self.realtime_errors)
+            self.realtime_errors = errors
+
+    def realtime_problems(self) -> dict[int, str]:
+        """What each account's session cannot do now, by account id (accounts without trouble left out)."""
+        problems = {}
+        for account in self.state.accounts.values():
+            session = self.sessions.get(account.credentials)
+            if session is None:
+                continue
+            texts = []
+            if session.refusal:
+                texts.append(
+                    f"realtime_refused: the broker refuses the real-time session ({session.refusal}); "
+                    "live prices and fill notices wait until it accepts it"
+                )
+            if account.fill_registration in session.suspended:
+                texts.append(
+                    f"fill_notices_off: the broker drops the real-time session after the fill-notice "
+                    f"registration of HTS id {account.fill_registration.tr_key!r} (is the HTS id right?); "
+                    "fills wait for the periodic sync"
+                )
+            if texts:
+                problems[account.id] = "; ".join(texts)
+        return problems
 
     def apply(self, state: WatchState) -> None:
         """Make sessions and registrations follow `state`."""
@@ -288,7 +379,8 @@ class PriceFeed:
             self._session_tasks[credentials] = asyncio.create_task(session.run(), name=f"realtime {name}")
 
     def _register_feed(self, state: WatchState, url: str) -> None:
-        """Register the fill notices of the feed's accounts and spread its watched codes over its sessions."""
+        """Register the fill notices of the feed's accounts, and each watched code on a session of a user
+        watching it (or on the market-data account's session first, when the setting names one)."""
         fills = {
             credentials: {a.fill_registration for a in state.accounts_of(credentials) if a.fill_registration}
             for credentials, session in self.sessions.items()
@@ -302,24 +394,40 @@ class PriceFeed:
             credentials: {r.tr_key for r in self.sessions[credentials].wanted if r.tr_id == PRICE_TR}
             for credentials in fills
         }
-        codes = {code for feed, code in state.watchers if feed == url}
-        assigned, unplaced = assign_codes(room, codes, current)
+        sessions_of_owner: dict[int, set[Credentials]] = defaultdict(set)
+        for account in state.accounts.values():
+            if account.url == url:
+                sessions_of_owner[account.owner_id].add(account.credentials)
+        market_data = state.accounts.get(self.market_data_account_id)
+        first_tier = [{market_data.credentials}] if market_data and market_data.url == url else []
+        demands = [
+            (code, [*first_tier, sessions_of_owner[owner_id]])
+            for code, owner_id in sorted(
+                {
+                    (code, state.accounts[account_id].owner_id)
+                    for (feed, code), account_ids in state.watchers.items()
+                    if feed == url
+                    for account_id in account_ids
+                }
+            )
+        ]
+        assigned, unplaced = assign_codes(room, demands, current)
         for credentials, registrations in fills.items():
             self.sessions[credentials].register(
                 registrations | {Registration(PRICE_TR, c) for c in assigned[credentials]}
             )
-        unstreamed = {(url, code) for code in unplaced}
+        streamed = set().union(*assigned.values())
+        unstreamed = {(url, code) for code in unplaced - streamed}
         before = {key for key in self.unstreamed if key[0] == url}
         if unstreamed != before:
             if unstreamed:
                 logger.warning(
-                    "price feed: %d watched codes are not streamed from %s, all %d sessions are full "
-                    "(%d registrations each): %s",
+                    "price feed: %d watched codes are not streamed from %s, the sessions of the users "
+                    "watching them are full (%d registrations each): %s",
                     len(unstreamed),
                     url,
-                    len(fills),
                     MAX_REGISTRATIONS,
-                    " ".join(sorted(unplaced)),
+                    " ".join(sorted(code for _, code in unstreamed)),
                 )
             else:
                 logger.info("price feed: every watched code is streamed from %s again", url)
@@ -368,13 +476,25 @@ class PriceFeed:
     # --- fills ----------------------------------------------------------------------------------
 
     def on_fill(self, credentials: Credentials, notice: FillNotice) -> None:
-        if not notice.filled:
-            return  # an acceptance notice: nothing changed in the account yet
         accounts = [
             account
             for account in self.state.accounts_of(credentials)
-            if account.fill_registration and account.fill_registration.tr_key == notice.hts_id
+            if account.fill_registration
+            and hts_id_key(account.fill_registration.tr_key) == hts_id_key(notice.hts_id)
         ]
+        if not accounts:
+            session = self.sessions.get(credentials)
+            logger.warning(
+                "fill notice of session %s (%s) matches no account of it: HTS id %r, account %s, order %s",
+                session.name if session else "(closed)",
+                credentials.key_id,
+                notice.hts_id,
+                notice.account_no,
+                notice.order_no,
+            )
+            return
+        if not notice.filled:
+            return  # an acceptance notice: nothing changed in the account yet
         # Several accounts of one HTS id: the notice's account number says which one.
         matching = [a for a in accounts if notice.account_no.startswith(a.account_number)] or accounts
         for account in matching:

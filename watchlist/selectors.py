@@ -33,6 +33,7 @@ def sync_status_dict(state: SyncState | None) -> dict:
         "consecutive_failures": state.consecutive_failures,
         "next_attempt_at": unix(state.next_attempt_at),
         "last_error": state.last_error,
+        "realtime_error": state.realtime_error,
     }
 
 

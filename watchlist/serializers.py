@@ -83,6 +83,7 @@ class SyncStatusSerializer(serializers.Serializer):
     consecutive_failures = serializers.IntegerField()
     next_attempt_at = serializers.IntegerField(allow_null=True)
     last_error = serializers.CharField(allow_blank=True)
+    realtime_error = serializers.CharField(allow_blank=True)
 
 
 class SnapshotSerializer(serializers.Serializer):

@@ -147,8 +147,26 @@ function agoKo(unixSeconds, nowSeconds) {
   return `${Math.floor(elapsed / 86400)}일 전`;
 }
 
-/** The sync line, as the contract's sync object says (never / ok / failing). */
+/** The sync line, as the contract's sync object says (never / ok / failing), and the real-time problem. */
 function syncStatusText(sync, nowSeconds) {
+  const text = syncOutcomeText(sync, nowSeconds);
+  return sync.realtime_error ? `${text} · ${realtimeProblemText(sync.realtime_error)}` : text;
+}
+
+// watchlist/prices.py writes these reasons into realtime_error.
+const REALTIME_PROBLEM_TEXTS = {
+  realtime_refused: "실시간 시세 연결이 거부되었습니다 (앱 키가 다른 곳에서 사용 중)",
+  fill_notices_off: "체결 알림이 꺼졌습니다 (HTS ID를 확인하세요)",
+};
+
+function realtimeProblemText(error) {
+  const texts = Object.entries(REALTIME_PROBLEM_TEXTS)
+    .filter(([reason]) => error.includes(`${reason}:`))
+    .map(([, text]) => text);
+  return texts.join(" · ") || "실시간 시세에 문제가 있습니다";
+}
+
+function syncOutcomeText(sync, nowSeconds) {
   if (sync.status === "never") return "보유 종목을 아직 확인하지 못했습니다 (첫 동기화 대기 중)";
   if (sync.status === "failing") {
     const failures = sync.consecutive_failures;

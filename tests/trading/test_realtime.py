@@ -1,5 +1,6 @@
 """The KIS real-time adapter: the wire format by hand, then sessions against the simulator's feed over a
-real WebSocket (prices, PINGPONG, fill notices, dropped connections, the registration limit)."""
+real WebSocket (prices, PINGPONG, fill notices, dropped connections, the registration limit), then against
+small in-test servers that misbehave as KIS's sources say it does (tests/trading/test_realtime_faults.py)."""
 
 from __future__ import annotations
 
@@ -22,16 +23,18 @@ from trading.brokers.realtime import (
     PRICE_TR,
     Credentials,
     RealtimeSession,
+    ReconnectBackoff,
     Registration,
     decrypt_payload,
     follows_krx_hours,
     krx_is_open,
     kst_unix,
     parse_data_frame,
-    parse_fill_notices,
-    parse_ticks,
+    parse_fill_notice,
+    parse_tick,
     realtime_url,
     registration_message,
+    split_records,
 )
 
 # Records in KIS's own format (46 and 26 fields), as the official samples print them.
@@ -55,9 +58,13 @@ class RecordingSocket:
 
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.pongs: list[str] = []
 
     async def send(self, message: str) -> None:
         self.sent.append(message)
+
+    async def pong(self, data: str) -> None:
+        self.pongs.append(data)
 
 
 def collecting_session(
@@ -88,7 +95,8 @@ async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05):
 def test_a_price_frame_with_one_record():
     frame = parse_data_frame(f"0|H0STCNT0|001|{SAMSUNG}")
     assert (frame.tr_id, frame.encrypted, frame.count) == (PRICE_TR, False, 1)
-    [tick] = parse_ticks(frame.payload, frame.count)
+    [record] = split_records(frame.payload, frame.count)
+    tick = parse_tick(record)
     assert tick.stock_code == "005930" and tick.time == "093354"
     assert (tick.price, tick.change, tick.change_rate) == (71900, -100, -0.14)
     assert (tick.open, tick.high, tick.low) == (72100, 72400, 71700)
@@ -97,7 +105,7 @@ def test_a_price_frame_with_one_record():
 
 def test_several_records_in_one_frame():
     frame = parse_data_frame(f"0|H0STCNT0|003|{SAMSUNG}^{HYNIX}^{SAMSUNG}")
-    ticks = parse_ticks(frame.payload, frame.count)
+    ticks = [parse_tick(record) for record in split_records(frame.payload, frame.count)]
     assert [(t.stock_code, t.price) for t in ticks] == [
         ("005930", 71900),
         ("000660", 182500),
@@ -110,22 +118,65 @@ def test_several_records_in_one_frame():
     "text",
     [
         f"0|H0STCNT0|002|{SAMSUNG}^extra",  # fields do not split into two records
-        "0|H0STCNT0|001|005930^093354",  # too short a record
         "0|H0STCNT0|abc|005930",
         "0|H0STCNT0",
     ],
 )
-def test_malformed_frames_are_refused(text):
+def test_frames_that_do_not_split_into_records_are_refused_whole(text):
     with pytest.raises(BadBrokerResponse):
         frame = parse_data_frame(text)
-        parse_ticks(frame.payload, frame.count)
+        split_records(frame.payload, frame.count)
+
+
+def with_field(record: str, index: int, value: str) -> str:
+    fields = record.split("^")
+    fields[index] = value
+    return "^".join(fields)
+
+
+@pytest.mark.parametrize(
+    ("index", "value"),
+    [
+        (2, "71,900"),  # a price that is not a number
+        (2, "abc"),
+        (2, "0"),  # a price is positive
+        (2, "99999999999999999999"),  # beyond 64 bits: PostgreSQL and msgpack refuse it
+        (4, "1e400"),
+        (5, "1e400"),  # a change % of inf
+        (5, "nan"),
+        (13, "-5"),  # a negative volume
+        (1, "256199"),  # not a time of day
+        (0, "5930"),  # not a stock code
+    ],
+)
+def test_a_record_with_a_bad_number_or_field_is_refused(index, value):
+    with pytest.raises(BadBrokerResponse):
+        parse_tick(with_field(SAMSUNG, index, value).split("^"))
+
+
+def test_a_record_too_short_is_refused():
+    with pytest.raises(BadBrokerResponse):
+        parse_tick(["005930", "093354", "71900"])
 
 
 def test_fill_notices_tell_a_fill_from_an_acceptance():
-    accepted, filled = parse_fill_notices(f"{ACCEPTED}^{FILL}", 2)
+    accepted, filled = (parse_fill_notice(record) for record in split_records(f"{ACCEPTED}^{FILL}", 2))
     assert not accepted.filled and filled.filled
     assert (filled.hts_id, filled.account_no, filled.order_no) == ("sim50123456", "5012345601", "0000004101")
     assert (filled.side, filled.stock_code, filled.qty, filled.price) == ("buy", "005930", 10, 71900)
+
+
+def test_fill_notices_of_23_26_and_more_fields_parse_alike_by_name():
+    """The record grew from 23 to 26 fields in 2025, three inserted after ACNT_NAME (python-kis #68, #80;
+    ccnl_notice.py names 26). The fields read all come before the insertion."""
+    fields = FILL.split("^")
+    assert len(fields) == 26
+    older = fields[:18] + fields[21:]  # without ORD_COND_PRC, ORD_EXG_GB, POPUP_YN
+    longer = [*fields, "X", "Y"]  # a field KIS may add at the end one day
+    notices = [parse_fill_notice(record) for record in (fields, older, longer)]
+    assert notices[0] == notices[1] == notices[2]
+    [a, b] = split_records("^".join(older + older), 2)  # two 23-field records in one frame
+    assert parse_fill_notice(a) == parse_fill_notice(b) == notices[0]
 
 
 def test_fill_notice_payload_decrypts_what_the_simulator_encrypts():
@@ -179,7 +230,7 @@ def test_a_session_holds_at_most_41_registrations():
         session.register(Registration(PRICE_TR, f"{i:06d}") for i in range(MAX_REGISTRATIONS + 1))
 
 
-async def test_messages_go_to_the_callbacks_and_pingpong_is_echoed():
+async def test_messages_go_to_the_callbacks_and_pingpong_is_echoed_and_ponged():
     session, ticks, fills = collecting_session()
     socket = RecordingSocket()
     pingpong = '{"header":{"tr_id":"PINGPONG","datetime":"20261125093400"}}'
@@ -199,9 +250,34 @@ async def test_messages_go_to_the_callbacks_and_pingpong_is_echoed():
     await session.handle_message(socket, f"1|H0STCNI9|001|{encrypt_payload(AES_KEY, AES_IV, FILL)}")
 
     assert [t.stock_code for t in ticks] == ["005930", "000660"]
-    assert socket.sent == [pingpong]
+    # Echoed as text (python-kis) and answered with a pong frame carrying it (official kis_auth.py).
+    assert socket.sent == [pingpong] and socket.pongs == [pingpong]
     assert session.active == {Registration(FILL_TR_PAPER, "sim50123456")}
     assert [(f.order_no, f.filled) for f in fills] == [("0000004101", True)]
+
+
+async def test_a_bad_record_is_dropped_alone_and_logged(caplog):
+    session, ticks, _ = collecting_session()
+    overflowing = with_field(HYNIX, 2, "99999999999999999999")
+    not_a_number = with_field(SAMSUNG, 2, "7l900")
+    frame = f"0|H0STCNT0|004|{not_a_number}^{HYNIX}^{overflowing}^{SAMSUNG}"
+
+    await session.handle_message(RecordingSocket(), frame)
+
+    assert [(t.stock_code, t.price) for t in ticks] == [("000660", 182500), ("005930", 71900)]
+    dropped = [r.getMessage() for r in caplog.records if "dropped a H0STCNT0 record" in r.getMessage()]
+    assert len(dropped) == 2 and "'7l900'" in dropped[0] and "out of range" in dropped[1]
+
+
+def test_reconnects_back_off_until_a_connection_stays_up_for_the_healthy_period():
+    backoff = ReconnectBackoff(shortest=0.5, longest=60, refused=300, healthy_after=60)
+    # Connected, then dropped at once, again and again (a wrong HTS id): never back to 0.5 s.
+    assert [backoff.after(connected_for=0.2) for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert backoff.after(connected_for=0.0) == 60  # the connection did not even open
+    assert backoff.after(connected_for=61) == 0.5  # a healthy connection: the next drop is retried fast
+    assert backoff.after(connected_for=1) == 1
+    assert backoff.after(connected_for=1, refused=True) == 300  # OPSP8996: another client holds the key
+    assert backoff.after(connected_for=1) == 4
 
 
 async def test_an_encrypted_frame_before_its_key_is_skipped_not_fatal():
@@ -229,21 +305,6 @@ def feed_control(simulator, path: str = "", **body) -> dict:
 def registrations_of(simulator, tr_id: str, tr_key: str) -> int:
     """How many live simulator sessions hold this registration."""
     return sum([tr_id, tr_key] in session["registrations"] for session in feed_view(simulator)["sessions"])
-
-
-@pytest.fixture
-async def running():
-    """Runs sessions in the background for the test; cancels them after it."""
-    tasks = []
-
-    def start(session: RealtimeSession) -> RealtimeSession:
-        tasks.append(asyncio.create_task(session.run()))
-        return session
-
-    yield start
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def simulator_session(simulator, app_key: str = "realtime-test-key", **options):

@@ -7,6 +7,16 @@ sends the subscribe and unsubscribe messages, answers PINGPONG, and after a drop
 connects again (with a fresh approval key) and registers everything again. Prices and fill notices
 come back through two callbacks.
 
+Misbehaving brokers. Every new connection costs an `/oauth2/Approval`, so reconnects back off and the
+backoff starts again from the shortest delay only after a connection stayed up for a healthy period
+(`healthy_after`, 60 s): a broker that drops the session at once is not asked again twice a second.
+`OPSP8996` (the app key holds a session elsewhere) waits `refused_retry_delay` (5 min) and sets
+`refusal`. A session dropped without a close frame while a fill-notice registration waits for its ack
+means a wrong HTS id (the official README, "No close frame received"); after
+`drops_before_suspending` such drops in a row that registration is suspended (`suspended`), the price
+registrations go on. A session that hears nothing, not even PINGPONG, for `silence_timeout` (60 s) is
+dropped and connected again. One bad record of a data frame is logged and skipped alone.
+
 Where the feed lives (`realtime_url`): KIS's REST hosts map to KIS's WebSocket hosts; any other REST
 host (the local simulator) serves the feed itself on the same host and port. The path is
 `/tryitout` everywhere, as in KIS's own client (`kis_auth.py`).
@@ -17,8 +27,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import logging
+import math
+import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -31,7 +45,14 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from websockets.asyncio.client import ClientConnection
 
-from .base import KST, AuthenticationFailed, BadBrokerResponse, BrokerError, BrokerUnavailable
+from .base import (
+    KST,
+    STOCK_CODE_RE,
+    AuthenticationFailed,
+    BadBrokerResponse,
+    BrokerError,
+    BrokerUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 # websockets logs every frame at DEBUG, and registration frames carry the approval key: its logger
@@ -191,7 +212,8 @@ def parse_data_frame(text: str) -> DataFrame:
 
 
 def split_records(payload: str, count: int) -> list[list[str]]:
-    """`count` records of equal length, their `^`-separated fields back to back."""
+    """`count` records of equal length, their `^`-separated fields back to back. A frame that does not
+    split evenly is refused whole: where one record ends is then unknown."""
     fields = payload.split("^")
     if count < 1 or len(fields) % count:
         raise BadBrokerResponse(f"{len(fields)} fields do not make {count} records")
@@ -199,49 +221,128 @@ def split_records(payload: str, count: int) -> list[list[str]]:
     return [fields[i : i + size] for i in range(0, len(fields), size)]
 
 
-def parse_ticks(payload: str, count: int) -> list[Tick]:
-    """H0STCNT0 records: 0 code, 1 time, 2 price, 4 change, 5 change %, 7-9 open/high/low,
-    12 trade volume, 13 accumulated volume."""
-    try:
-        return [
-            Tick(
-                stock_code=f[0],
-                time=f[1],
-                price=int(f[2]),
-                change=int(f[4]),
-                change_rate=float(f[5]),
-                open=int(f[7]),
-                high=int(f[8]),
-                low=int(f[9]),
-                trade_volume=int(f[12]),
-                volume=int(f[13]),
-            )
-            for f in split_records(payload, count)
-        ]
-    except (IndexError, ValueError) as exc:
-        raise BadBrokerResponse(f"bad {PRICE_TR} record: {exc}") from exc
+MAX_INT64 = 2**63 - 1  # what PostgreSQL's bigint and the channel layer's msgpack hold
+WHOLE_NUMBER_RE = re.compile(r"^[+-]?[0-9]{1,40}\Z")  # longer ones are not read at all
+HHMMSS_RE = re.compile(r"^([01][0-9]|2[0-3])[0-5][0-9][0-5][0-9]\Z")
 
 
-def parse_fill_notices(payload: str, count: int) -> list[FillNotice]:
-    """H0STCNI0 / H0STCNI9 records: 0 HTS id, 1 account, 2 order no, 4 side (01 sell, 02 buy),
-    8 code, 9 filled qty, 10 fill price, 11 time, 13 "2" for a fill."""
+def whole_number(text: str, name: str, *, minimum: int = -MAX_INT64) -> int:
+    if not WHOLE_NUMBER_RE.match(text):
+        raise BadBrokerResponse(f"{name} is not a whole number: {text[:24]!r}")
+    value = int(text)
+    if not minimum <= value <= MAX_INT64:
+        raise BadBrokerResponse(f"{name} is out of range: {text[:24]!r}")
+    return value
+
+
+def finite_number(text: str, name: str) -> float:
     try:
-        return [
-            FillNotice(
-                hts_id=f[0],
-                account_no=f[1],
-                order_no=f[2],
-                side="sell" if f[4] == "01" else "buy",
-                stock_code=f[8],
-                qty=int(f[9] or 0),
-                price=int(f[10] or 0),
-                time=f[11],
-                filled=f[13] == "2",
-            )
-            for f in split_records(payload, count)
-        ]
-    except (IndexError, ValueError) as exc:
-        raise BadBrokerResponse(f"bad fill notice record: {exc}") from exc
+        value = float(text)
+    except ValueError:
+        raise BadBrokerResponse(f"{name} is not a number: {text[:24]!r}") from None
+    if not math.isfinite(value):
+        raise BadBrokerResponse(f"{name} is not finite: {text[:24]!r}")
+    return value
+
+
+def stock_code(text: str) -> str:
+    if not STOCK_CODE_RE.match(text):
+        raise BadBrokerResponse(f"not a stock code: {text[:24]!r}")
+    return text
+
+
+def hhmmss(text: str) -> str:
+    if not HHMMSS_RE.match(text):
+        raise BadBrokerResponse(f"not a time of day (HHMMSS): {text[:24]!r}")
+    return text
+
+
+# H0STCNT0 fields read here, by position (the TR has 46).
+PRICE_FIELDS = {
+    "MKSC_SHRN_ISCD": 0,  # code
+    "STCK_CNTG_HOUR": 1,  # time of the trade, HHMMSS
+    "STCK_PRPR": 2,  # price
+    "PRDY_VRSS": 4,  # change from the previous close
+    "PRDY_CTRT": 5,  # change %
+    "STCK_OPRC": 7,
+    "STCK_HGPR": 8,
+    "STCK_LWPR": 9,
+    "CNTG_VOL": 12,  # this trade's volume
+    "ACML_VOL": 13,  # the day's volume so far
+}
+PRICE_RECORD_MIN_FIELDS = max(PRICE_FIELDS.values()) + 1
+
+
+def parse_tick(record: list[str]) -> Tick:
+    """One H0STCNT0 record, every number bounded: a price is positive, volumes are not negative, all
+    fit 64 bits, the change % is finite. Anything else is a BadBrokerResponse for this record alone."""
+    if len(record) < PRICE_RECORD_MIN_FIELDS:
+        raise BadBrokerResponse(f"a {PRICE_TR} record of {len(record)} fields")
+    f = {name: record[index] for name, index in PRICE_FIELDS.items()}
+    return Tick(
+        stock_code=stock_code(f["MKSC_SHRN_ISCD"]),
+        time=hhmmss(f["STCK_CNTG_HOUR"]),
+        price=whole_number(f["STCK_PRPR"], "price", minimum=1),
+        change=whole_number(f["PRDY_VRSS"], "change"),
+        change_rate=finite_number(f["PRDY_CTRT"], "change rate"),
+        open=whole_number(f["STCK_OPRC"], "open", minimum=0),
+        high=whole_number(f["STCK_HGPR"], "high", minimum=0),
+        low=whole_number(f["STCK_LWPR"], "low", minimum=0),
+        trade_volume=whole_number(f["CNTG_VOL"], "trade volume", minimum=0),
+        volume=whole_number(f["ACML_VOL"], "volume", minimum=0),
+    )
+
+
+# H0STCNI0 / H0STCNI9 fields, as the official sample names them (ccnl_notice.py). The record grew from 23
+# to 26 fields in 2025 (python-kis #68, #80): ORD_COND_PRC, ORD_EXG_GB and POPUP_YN came in after
+# ACNT_NAME. Only fields before those are read, so both lengths, and a longer record, parse alike.
+FILL_NOTICE_FIELDS = (
+    "CUST_ID", "ACNT_NO", "ODER_NO", "ODER_QTY", "SELN_BYOV_CLS", "RCTF_CLS",
+    "ODER_KIND", "ODER_COND", "STCK_SHRN_ISCD", "CNTG_QTY", "CNTG_UNPR",
+    "STCK_CNTG_HOUR", "RFUS_YN", "CNTG_YN", "ACPT_YN", "BRNC_NO", "ACNT_NO2",
+    "ACNT_NAME", "ORD_COND_PRC", "ORD_EXG_GB", "POPUP_YN", "FILLER", "CRDT_CLS",
+    "CRDT_LOAN_DATE", "CNTG_ISNM40", "ODER_PRC",
+)  # fmt: skip
+FILL_NOTICE_READ = (
+    "CUST_ID",
+    "ACNT_NO",
+    "ODER_NO",
+    "SELN_BYOV_CLS",
+    "STCK_SHRN_ISCD",
+    "CNTG_QTY",
+    "CNTG_UNPR",
+    "STCK_CNTG_HOUR",
+    "CNTG_YN",
+)
+FILL_NOTICE_MIN_FIELDS = max(FILL_NOTICE_FIELDS.index(name) for name in FILL_NOTICE_READ) + 1
+SIDE_SELL, SIDE_BUY = "01", "02"  # SELN_BYOV_CLS
+CNTG_YN_FILLED = "2"  # "1": an order, amendment, cancellation or refusal was accepted
+
+
+def parse_fill_notice(record: list[str]) -> FillNotice:
+    """One fill-notice record, by field name; a BadBrokerResponse for this record alone."""
+    if len(record) < FILL_NOTICE_MIN_FIELDS:
+        raise BadBrokerResponse(f"a fill notice record of {len(record)} fields")
+    f = dict(zip(FILL_NOTICE_FIELDS, record, strict=False))
+    if f["SELN_BYOV_CLS"] not in (SIDE_SELL, SIDE_BUY):
+        raise BadBrokerResponse(f"a fill notice of side {f['SELN_BYOV_CLS'][:8]!r}")
+    filled = f["CNTG_YN"] == CNTG_YN_FILLED
+    return FillNotice(
+        hts_id=f["CUST_ID"],
+        account_no=f["ACNT_NO"],
+        order_no=f["ODER_NO"],
+        side="sell" if f["SELN_BYOV_CLS"] == SIDE_SELL else "buy",
+        stock_code=stock_code(f["STCK_SHRN_ISCD"]),
+        qty=whole_number(f["CNTG_QTY"] or "0", "filled quantity", minimum=0),
+        price=whole_number(f["CNTG_UNPR"] or "0", "fill price", minimum=0),
+        time=f["STCK_CNTG_HOUR"],
+        filled=filled,
+    )
+
+
+def hts_id_key(hts_id: str) -> str:
+    """An HTS id as compared: KIS's CUST_ID may come padded or in another case than the one entered."""
+    return hts_id.strip().casefold()
 
 
 def decrypt_payload(key: str, iv: str, ciphertext: str) -> str:
@@ -312,12 +413,46 @@ class Credentials:
     app_key: str = field(repr=False)
     app_secret: str = field(repr=False)
 
+    @property
+    def key_id(self) -> str:
+        """A name for the app key that logs can carry: a short digest, from which the key cannot be had."""
+        return "key-" + hashlib.sha256(self.app_key.encode()).hexdigest()[:8]
+
 
 class SessionRefused(BrokerError):
     """The real-time server refused the session (e.g. the app key is already in use elsewhere)."""
 
     retryable = True
     reason = "session_refused"
+
+
+class SessionSilent(BrokerUnavailable):
+    """Nothing came from the server, not even PINGPONG, for longer than the session waits."""
+
+
+class ReconnectBackoff:
+    """How long to wait before the next connection attempt.
+
+    The delay doubles from `shortest` to `longest` with every attempt, and starts again from
+    `shortest` only after a connection that lasted `healthy_after` seconds: a broker that accepts the
+    connection and drops it at once must not be asked for a new approval key twice a second. A
+    refused session (OPSP8996: the app key holds a session elsewhere) waits `refused`, whatever the
+    count: another client has the key, and it will not let go within seconds."""
+
+    def __init__(self, *, shortest: float, longest: float, refused: float, healthy_after: float) -> None:
+        self.shortest = shortest
+        self.longest = longest
+        self.refused = refused
+        self.healthy_after = healthy_after
+        self._next = shortest
+
+    def after(self, *, connected_for: float, refused: bool = False) -> float:
+        """The wait after a connection that lasted `connected_for` seconds (0: it never opened)."""
+        if connected_for >= self.healthy_after:
+            self._next = self.shortest
+        delay = max(self.refused, self._next) if refused else self._next
+        self._next = min(self._next * 2, self.longest)
+        return delay
 
 
 TickHandler = Callable[[Tick], None]
@@ -329,7 +464,9 @@ class RealtimeSession:
 
     `run()` runs until cancelled. Outside the market hours given by `market_open` (None: always open)
     it stays disconnected instead of reconnecting in a loop; it checks again every `market_check`
-    seconds. Reconnects back off from `retry_delay` up to `max_retry_delay` seconds.
+    seconds. Reconnects follow `ReconnectBackoff`; the module's doc says how misbehaving brokers are met.
+    What went wrong is readable while it lasts: `refusal` (the broker's refusal of the whole session)
+    and `suspended` (fill-notice registrations no longer sent).
     """
 
     def __init__(
@@ -343,7 +480,11 @@ class RealtimeSession:
         market_open: Callable[[], bool] | None = None,
         market_check: float = 30.0,
         retry_delay: float = 0.5,
-        max_retry_delay: float = 30.0,
+        max_retry_delay: float = 60.0,
+        refused_retry_delay: float = 300.0,
+        healthy_after: float = 60.0,
+        silence_timeout: float = 60.0,
+        drops_before_suspending: int = 3,
         timeout: float = 10.0,
     ) -> None:
         self.credentials = credentials
@@ -353,12 +494,22 @@ class RealtimeSession:
         self.on_fill = on_fill
         self.market_open = market_open
         self.market_check = market_check
-        self.retry_delay = retry_delay
-        self.max_retry_delay = max_retry_delay
+        self.backoff = ReconnectBackoff(
+            shortest=retry_delay,
+            longest=max_retry_delay,
+            refused=refused_retry_delay,
+            healthy_after=healthy_after,
+        )
+        self.silence_timeout = silence_timeout
+        self.drops_before_suspending = drops_before_suspending
         self.timeout = timeout
         self.wanted: frozenset[Registration] = frozenset()
         self.active: set[Registration] = set()  # acknowledged on the current connection
+        self.suspended: set[Registration] = set()  # fill-notice registrations the broker drops us for
+        self.refusal = ""  # the broker's answer while it refuses the session (OPSP8996), else ""
         self.connections = 0  # connections opened so far (each one registers everything again)
+        self.retry_in = 0.0  # the wait before the next connection attempt, once one failed
+        self._drops_after: Counter[Registration] = Counter()  # drops in a row, each with it unanswered
         self._sent: set[Registration] = set()
         self._wanted_changed = asyncio.Event()
         self._keys: dict[str, tuple[str, str]] = {}  # tr_id -> (AES key, iv) from its ack
@@ -373,15 +524,19 @@ class RealtimeSession:
             raise ValueError(f"{len(wanted)} registrations: a KIS session holds at most {MAX_REGISTRATIONS}")
         if wanted != self.wanted:
             self.wanted = wanted
+            self.suspended &= wanted  # a changed HTS id is a new registration, tried afresh
             self._wanted_changed.set()
 
     async def run(self) -> None:
-        delay = self.retry_delay
+        loop = asyncio.get_running_loop()
         async with httpx.AsyncClient(timeout=self.timeout) as http:
             while True:
                 if self.market_open is not None and not self.market_open():
                     await asyncio.sleep(self.market_check)
                     continue
+                opened_at = None
+                refused = False
+                failure = "the connection ended"
                 try:
                     approval_key = await issue_approval_key(
                         http, self.credentials.base_url, self.credentials.app_key, self.credentials.app_secret
@@ -389,9 +544,9 @@ class RealtimeSession:
                     async with websockets.connect(
                         self.url, open_timeout=self.timeout, logger=wire_logger
                     ) as ws:
+                        opened_at = loop.time()
                         self.connections += 1
                         logger.info("real-time session %s connected to %s", self.name, self.url)
-                        delay = self.retry_delay
                         await self._serve(ws, approval_key)
                 except (
                     OSError,
@@ -399,19 +554,52 @@ class RealtimeSession:
                     websockets.InvalidHandshake,
                     BrokerError,
                 ) as exc:
-                    logger.warning(
-                        "real-time session %s to %s failed: %s; connecting again in %.1fs",
-                        self.name,
-                        self.url,
-                        exc.__class__.__name__ + (f" {exc}" if str(exc) else ""),
-                        delay,
-                    )
+                    refused = isinstance(exc, SessionRefused)
+                    if refused:
+                        self.refusal = exc.message
+                    if isinstance(exc, websockets.ConnectionClosedError) and exc.rcvd is None:
+                        self._count_drop_without_close_frame()
+                    failure = exc.__class__.__name__ + (f" {exc}" if str(exc) else "")
                 finally:
                     self.active.clear()
                     self._sent.clear()
                     self._keys.clear()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_retry_delay)
+                connected_for = 0.0 if opened_at is None else loop.time() - opened_at
+                # A session that lived this long was not refused, even one that had nothing to ack.
+                if connected_for >= self.backoff.healthy_after and not refused:
+                    self.refusal = ""
+                self.retry_in = self.backoff.after(connected_for=connected_for, refused=refused)
+                logger.warning(
+                    "real-time session %s (%s) to %s failed after %.1fs connected: %s; connecting again in %.1fs",
+                    self.name,
+                    self.credentials.key_id,
+                    self.url,
+                    connected_for,
+                    failure,
+                    self.retry_in,
+                )
+                await asyncio.sleep(self.retry_in)
+
+    def _count_drop_without_close_frame(self) -> None:
+        """The connection died with no close frame: count it against each fill-notice registration
+        still waiting for its ack, and suspend one that was dropped for too many times in a row."""
+        for registration in self._sent - self.active:
+            if registration.tr_id not in FILL_TRS:
+                continue
+            self._drops_after[registration] += 1
+            if self._drops_after[registration] >= self.drops_before_suspending:
+                self.suspended.add(registration)
+                del self._drops_after[registration]
+                logger.error(
+                    "real-time session %s (%s): the broker dropped the session %d times in a row right "
+                    "after the %s registration of HTS id %r, without a close frame (a wrong HTS id?); "
+                    "it is no longer sent, prices go on",
+                    self.name,
+                    self.credentials.key_id,
+                    self.drops_before_suspending,
+                    registration.tr_id,
+                    registration.tr_key,
+                )
 
     async def _serve(self, ws: ClientConnection, approval_key: str) -> None:
         reader = asyncio.create_task(self._read(ws))
@@ -428,39 +616,57 @@ class RealtimeSession:
     async def _keep_registered(self, ws: ClientConnection, approval_key: str) -> None:
         while True:
             self._wanted_changed.clear()
+            wanted = self.wanted - self.suspended
             # Unregister first: the room matters under the 41-registration limit.
-            for registration in sorted(self._sent - self.wanted):
+            for registration in sorted(self._sent - wanted):
                 await ws.send(registration_message(approval_key, registration, subscribe=False))
                 self._sent.discard(registration)
-            for registration in sorted(self.wanted - self._sent):
+            for registration in sorted(wanted - self._sent):
                 await ws.send(registration_message(approval_key, registration, subscribe=True))
                 self._sent.add(registration)
             await self._wanted_changed.wait()
 
     async def _read(self, ws: ClientConnection) -> None:
-        async for message in ws:
+        while True:
+            try:
+                async with asyncio.timeout(self.silence_timeout):
+                    message = await ws.recv()
+            except TimeoutError:
+                raise SessionSilent(f"nothing received for {self.silence_timeout:g}s") from None
+            except websockets.ConnectionClosedOK:
+                raise BrokerUnavailable("the server closed the connection") from None
             if isinstance(message, bytes):
-                message = message.decode()
+                message = message.decode(errors="replace")
             try:
                 await self.handle_message(ws, message)
             except BadBrokerResponse as exc:
                 logger.warning("real-time session %s skipped a message: %s", self.name, exc.message)
-        raise BrokerUnavailable("the server closed the connection")
 
     async def handle_message(self, ws: ClientConnection, message: str) -> None:
-        """One message from the server: data frames to the callbacks, PINGPONG echoed, acks applied."""
+        """One message from the server: data frames to the callbacks, PINGPONG answered, acks applied."""
         if is_data_frame(message):
             self._handle_data(parse_data_frame(message))
             return
         ack = parse_control(message)
         if ack is None:
-            await ws.send(message)  # PINGPONG: echo it back, or the server drops the session
+            # The sources disagree on the answer: python-kis echoes the text (client/websocket.py), the
+            # official kis_auth.py sends a pong frame carrying it. Either alone may be what KIS drops
+            # a silent client for, so both go.
+            await ws.send(message)
+            await ws.pong(message)
             return
         self._handle_ack(ack)
 
     def _handle_data(self, frame: DataFrame) -> None:
         if frame.tr_id == PRICE_TR:
-            for tick in parse_ticks(frame.payload, frame.count):
+            for record in split_records(frame.payload, frame.count):
+                try:
+                    tick = parse_tick(record)
+                except BadBrokerResponse as exc:
+                    logger.warning(
+                        "real-time session %s dropped a %s record: %s", self.name, PRICE_TR, exc.message
+                    )
+                    continue
                 self.on_tick(tick)
         elif frame.tr_id in FILL_TRS:
             payload = frame.payload
@@ -468,7 +674,14 @@ class RealtimeSession:
                 if frame.tr_id not in self._keys:
                     raise BadBrokerResponse(f"{frame.tr_id} frame before its key arrived")
                 payload = decrypt_payload(*self._keys[frame.tr_id], payload)
-            for notice in parse_fill_notices(payload, frame.count):
+            for record in split_records(payload, frame.count):
+                try:
+                    notice = parse_fill_notice(record)
+                except BadBrokerResponse as exc:
+                    logger.warning(
+                        "real-time session %s dropped a %s record: %s", self.name, frame.tr_id, exc.message
+                    )
+                    continue
                 self.on_fill(notice)
         else:
             raise BadBrokerResponse(f"unexpected real-time TR {frame.tr_id}")
@@ -477,12 +690,14 @@ class RealtimeSession:
         registration = Registration(ack.tr_id, ack.tr_key)
         if ack.msg_cd in (ACK_SUBSCRIBED, ACK_ALREADY_SUBSCRIBED):
             self.active.add(registration)
+            self._drops_after.pop(registration, None)
+            self.refusal = ""
             if ack.key and ack.iv:
                 self._keys[ack.tr_id] = (ack.key, ack.iv)
         elif ack.msg_cd in (ACK_UNSUBSCRIBED, ACK_NOT_SUBSCRIBED):
             self.active.discard(registration)
         elif ack.msg_cd == ACK_APP_KEY_IN_USE:
-            raise SessionRefused(f"{ack.msg_cd} {ack.msg1}")
+            raise SessionRefused(f"{ack.msg_cd} {ack.msg1}", msg_cd=ack.msg_cd)
         elif not ack.ok:
             logger.error(
                 "real-time session %s: %s %s refused: %s %s",

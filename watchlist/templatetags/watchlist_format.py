@@ -71,7 +71,27 @@ def ago(unix_seconds: int, now: float | None = None) -> str:
 
 @register.filter
 def sync_status_text(sync: dict) -> str:
-    """The sync line under the table: never / ok / failing, as the contract's sync dict says."""
+    """The sync line under the table: never / ok / failing, as the contract's sync dict says, and what
+    the real-time feed cannot do for the account, if anything."""
+    text = sync_outcome_text(sync)
+    if sync.get("realtime_error"):
+        text += f" · {realtime_problem_text(sync['realtime_error'])}"
+    return text
+
+
+# watchlist.prices writes these reasons into realtime_error.
+REALTIME_PROBLEM_TEXTS = {
+    "realtime_refused": "실시간 시세 연결이 거부되었습니다 (앱 키가 다른 곳에서 사용 중)",
+    "fill_notices_off": "체결 알림이 꺼졌습니다 (HTS ID를 확인하세요)",
+}
+
+
+def realtime_problem_text(error: str) -> str:
+    texts = [text for reason, text in REALTIME_PROBLEM_TEXTS.items() if f"{reason}:" in error]
+    return " · ".join(texts) or "실시간 시세에 문제가 있습니다"
+
+
+def sync_outcome_text(sync: dict) -> str:
     if sync["status"] == "never":
         return "보유 종목을 아직 확인하지 못했습니다 (첫 동기화 대기 중)"
     if sync["status"] == "failing":

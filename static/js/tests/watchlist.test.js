@@ -131,6 +131,10 @@ test("sync line: never, ok with a relative time, failing keeps the list as of th
   assert.equal(wl.syncStatusText({ status: "failing", last_success_at: now, consecutive_failures: 3 }, now + 90),
     "계좌에 연결할 수 없습니다 (3회 실패) — 01:00:00 기준 목록입니다");
   assert.match(wl.syncStatusText({ status: "failing", last_success_at: null, consecutive_failures: 1 }, now), /아직 확인하지 못했습니다/);
+  assert.equal(
+    wl.syncStatusText({ status: "ok", last_success_at: now - 12, consecutive_failures: 0,
+      realtime_error: "fill_notices_off: the broker drops the real-time session ..." }, now),
+    "마지막 동기화 12초 전 · 체결 알림이 꺼졌습니다 (HTS ID를 확인하세요)");
 });
 
 test("an ok sync line asks for a snapshot once the next sync is overdue, at most every 30 s", () => {
