@@ -519,7 +519,7 @@ def feed_account(
 
 async def test_a_fill_notice_matches_its_hts_id_trimmed_and_case_folded(monkeypatch):
     synced = []
-    monkeypatch.setattr(tasks, "request_sync", synced.append)
+    monkeypatch.setattr(jobs, "request_sync", synced.append)
     credentials = Credentials("http://127.0.0.1:9", "unit-key", "secret")
     feed = feed_of(feed_account(7, credentials, "TraderKim"))
     [notice] = (parse_fill_notice(r) for r in split_records(with_field(FILL, 0, "  traderkim "), 1))
@@ -532,7 +532,7 @@ async def test_a_fill_notice_matches_its_hts_id_trimmed_and_case_folded(monkeypa
 
 async def test_a_fill_notice_that_matches_no_account_is_logged_with_its_session(monkeypatch, caplog):
     synced = []
-    monkeypatch.setattr(tasks, "request_sync", synced.append)
+    monkeypatch.setattr(jobs, "request_sync", synced.append)
     credentials = Credentials("http://127.0.0.1:9", "never-logged-app-key", "secret")
     feed = feed_of(feed_account(7, credentials, "traderkim"))
     feed.sessions[credentials] = RealtimeSession(
