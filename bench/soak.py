@@ -50,7 +50,7 @@ import psycopg  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import WebSocketException  # noqa: E402
 
-from tests.fixtures.faults import AppProcess, PrivateRedis, celery_beat, celery_worker  # noqa: E402
+from devtools.processes import AppProcess, PrivateRedis, celery_beat, celery_worker  # noqa: E402
 from tests.fixtures.servers import AsgiServer  # noqa: E402
 from tests.fixtures.simulator import SimulatorHandle, start_simulator  # noqa: E402
 

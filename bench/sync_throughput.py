@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from bench.production import production_settings_env  # noqa: E402
-from tests.fixtures.faults import AppProcess, PrivateRedis, celery_beat, celery_worker  # noqa: E402
+from devtools.processes import AppProcess, PrivateRedis, celery_beat, celery_worker  # noqa: E402
 from tests.fixtures.simulator import SimulatorHandle, start_simulator  # noqa: E402
 
 BENCH_DATABASE = "lw_bench_sync"

@@ -26,7 +26,7 @@ import httpx
 import ws_stack
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.fixtures.faults import celery_worker
+from devtools.processes import celery_worker
 from tests.fixtures.simulator import start_simulator
 
 TARGET_P50, TARGET_P99 = 0.050, 0.150

@@ -27,8 +27,8 @@ import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
 from bench.production import production_settings_env  # noqa: E402
-from tests.fixtures.faults import PrivateRedis, stop_process, wait_for  # noqa: E402
-from tests.fixtures.servers import AsgiServer, free_port  # noqa: E402
+from devtools.processes import PrivateRedis, free_port, stop_process, wait_for  # noqa: E402
+from tests.fixtures.servers import AsgiServer  # noqa: E402
 
 BENCH_DATABASE = "lw_bench_ws"
 WATCHED_CODE = "005930"

@@ -10,8 +10,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from devtools.processes import TcpProxy, wait_for
 from tests.fixtures import servers
-from tests.fixtures.faults import TcpProxy, wait_for
 from watchlist.models import SyncState
 
 from .conftest import WAIT, api_token, wait_in_step
