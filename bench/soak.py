@@ -50,9 +50,10 @@ import psycopg  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import WebSocketException  # noqa: E402
 
-from devtools.processes import AppProcess, PrivateRedis, celery_beat, celery_worker  # noqa: E402
-from tests.fixtures.servers import AsgiServer  # noqa: E402
-from tests.fixtures.simulator import SimulatorHandle, start_simulator  # noqa: E402
+from devtools.asgi_server import AsgiServer  # noqa: E402
+from devtools.processes import AppProcess, celery_beat, celery_worker  # noqa: E402
+from devtools.redis_server import PrivateRedis  # noqa: E402
+from devtools.simulator import SimulatorHandle, start_simulator  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from sync_throughput import SyncObserver  # noqa: E402

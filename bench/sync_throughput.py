@@ -42,8 +42,9 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from bench.production import production_settings_env  # noqa: E402
-from devtools.processes import AppProcess, PrivateRedis, celery_beat, celery_worker  # noqa: E402
-from tests.fixtures.simulator import SimulatorHandle, start_simulator  # noqa: E402
+from devtools.processes import AppProcess, celery_beat, celery_worker  # noqa: E402
+from devtools.redis_server import PrivateRedis  # noqa: E402
+from devtools.simulator import SimulatorHandle, start_simulator  # noqa: E402
 
 BENCH_DATABASE = "lw_bench_sync"
 FIRST_CANO = 70_000_000

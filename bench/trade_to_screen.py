@@ -27,7 +27,7 @@ import ws_stack
 from websockets.asyncio.client import ClientConnection, connect
 
 from devtools.processes import celery_worker
-from tests.fixtures.simulator import start_simulator
+from devtools.simulator import start_simulator
 
 TARGET_P50, TARGET_P99 = 0.050, 0.150
 CODE = "005930"

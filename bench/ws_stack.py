@@ -2,8 +2,8 @@
 they start, the client process, the seeded accounts and the report.
 
 Everything a benchmark starts is its own and stops with it: a private redis-server on a free port
-(tests/fixtures/faults.py), a PostgreSQL database `lw_bench_ws` dropped and created again on the server
-of --database-admin-url, our application under Daphne or uvicorn (--server, tests/fixtures/servers.py) on
+(devtools/redis_server.py), a PostgreSQL database `lw_bench_ws` dropped and created again on the server
+of --database-admin-url, our application under Daphne or uvicorn (--server, devtools/asgi_server.py) on
 either channel layer (--layer, the CHANNEL_LAYER setting), the bare `websockets` baseline
 (bench/bare_ws_server.py) and the client process (bench/ws_clients.py), each on a free 127.0.0.1 port.
 """
@@ -27,8 +27,9 @@ import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
 from bench.production import production_settings_env  # noqa: E402
-from devtools.processes import PrivateRedis, free_port, stop_process, wait_for  # noqa: E402
-from tests.fixtures.servers import AsgiServer  # noqa: E402
+from devtools.asgi_server import AsgiServer  # noqa: E402
+from devtools.processes import free_port, stop_process, wait_for  # noqa: E402
+from devtools.redis_server import PrivateRedis  # noqa: E402
 
 BENCH_DATABASE = "lw_bench_ws"
 WATCHED_CODE = "005930"

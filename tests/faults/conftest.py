@@ -10,8 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devtools.processes import AppProcess, PrivateRedis, celery_beat, celery_worker, wait_for
-from tests.fixtures.servers import AsgiServer, server_env
+from devtools.asgi_server import AsgiServer
+from devtools.processes import AppProcess, celery_beat, celery_worker, wait_for
+from devtools.redis_server import PrivateRedis
+from tests.fixtures.servers import server_env
 from trading.models import BrokerAccount
 from watchlist.models import SyncState, WatchlistItem
 

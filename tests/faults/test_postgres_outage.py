@@ -10,7 +10,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from devtools.processes import TcpProxy, wait_for
+from devtools.processes import wait_for
+from devtools.proxy import TcpProxy
 from tests.fixtures import servers
 from watchlist.models import SyncState
 
