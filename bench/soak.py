@@ -1,6 +1,6 @@
 """The soak: the whole system under use and faults for a bounded time, then checked end to end.
 
-    .venv/bin/python bench/soak.py [--duration 300]
+    scripts/bench soak [--duration 300]
 
 It starts everything it uses, all of its own: a redis-server, a database `lw_soak` (dropped and created
 again) on the PostgreSQL of --database-admin-url, the KIS simulator, Daphne processes, Celery workers
@@ -42,21 +42,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import httpx
+import psycopg
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
-import httpx  # noqa: E402
-import psycopg  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import WebSocketException  # noqa: E402
-
-from devtools.asgi_server import AsgiServer  # noqa: E402
-from devtools.processes import AppProcess, celery_beat, celery_worker  # noqa: E402
-from devtools.redis_server import PrivateRedis  # noqa: E402
-from devtools.simulator import SimulatorHandle, start_simulator  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "bench"))
-from sync_throughput import SyncObserver  # noqa: E402
+from bench.sync_throughput import SyncObserver
+from devtools.asgi_server import AsgiServer
+from devtools.processes import AppProcess, celery_beat, celery_worker
+from devtools.redis_server import PrivateRedis
+from devtools.simulator import SimulatorHandle, start_simulator
 
 USERS = 3
 ACCOUNTS_PER_USER = 2
