@@ -1,6 +1,6 @@
 """The baseline of the WebSocket benchmarks: a bare `websockets` server, nothing else.
 
-    .venv/bin/python bench/bare_ws_server.py --port N
+    .venv/bin/python -m bench.bare_ws_server --port N
 
 Every socket is held in one set; a text message from any socket is sent to all the others with
 `websockets.broadcast()` (the benchmark's sender is one of its sockets). It prints

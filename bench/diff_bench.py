@@ -1,4 +1,4 @@
-"""Times the watchlist diff on large accounts: `.venv/bin/python bench/diff_bench.py [items ...]`.
+"""Times the watchlist diff on large accounts: `scripts/bench diff_bench [items ...]`.
 
 Prints, per size and case, the median and best time of `diff_items` (pure, no database), and of
 `holdings_from_balance` (the balance DataFrame -> dicts, done once per sync before the diff).
@@ -6,16 +6,13 @@ Prints, per size and case, the median and best time of `diff_items` (pure, no da
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import timeit
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from trading.brokers.base import balance_frame  # noqa: E402
-from watchlist.diff import ItemState, diff_items, holdings_from_balance  # noqa: E402
+from trading.brokers.base import balance_frame
+from watchlist.diff import ItemState, diff_items, holdings_from_balance
 
 REPEAT, NUMBER = 25, 20
 
@@ -83,4 +80,7 @@ def main(sizes: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main([int(arg) for arg in sys.argv[1:]] or [200, 2_000, 10_000])
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("sizes", type=int, nargs="*", default=[200, 2_000, 10_000], metavar="items",
+                        help="watchlist sizes to time (default: 200 2000 10000)")
+    main(parser.parse_args().sizes)

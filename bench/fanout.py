@@ -1,6 +1,6 @@
 """Fan-out: one price_update for a code reaches every open socket watching it.
 
-    .venv/bin/python bench/fanout.py [--accounts 500 --sockets-per-account 2 --rounds 30]
+    scripts/bench fanout [--accounts 500 --sockets-per-account 2 --rounds 30]
 
 Our side: `--accounts` accounts, all watching one code, each with `--sockets-per-account` token sockets
 open on one Daphne or --server uvicorn (the --layer channel layer, PostgreSQL). Each round sends one
@@ -20,7 +20,7 @@ import json
 import sys
 import time
 
-import ws_stack
+from bench import ws_stack
 
 TARGET_RATIO = 3.0
 PAUSE = 0.3  # between rounds, so one round's tail never overlaps the next

@@ -1,6 +1,6 @@
 """Memory: resident memory of the server process per idle open socket.
 
-    .venv/bin/python bench/memory.py [--accounts 500 --sockets-per-account 2]
+    scripts/bench memory [--accounts 500 --sockets-per-account 2]
 
 Our side: one Daphne or --server uvicorn (the --layer channel layer, PostgreSQL), its RSS once warm (a
 few sockets opened and closed) with no socket open, then with `--accounts` x `--sockets-per-account`
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import ws_stack
+from bench import ws_stack
 
 TARGET_KB = 30
 WARM_UP_SOCKETS = 20

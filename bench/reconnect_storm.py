@@ -1,6 +1,6 @@
 """Reconnect storm: every socket of a server process reconnects at once after it restarts.
 
-    .venv/bin/python bench/reconnect_storm.py [--accounts 500 --sockets-per-account 2 --storms 3]
+    scripts/bench reconnect_storm [--accounts 500 --sockets-per-account 2 --storms 3]
 
 Our side: `--accounts` x `--sockets-per-account` token sockets open on one Daphne or --server uvicorn
 (the --layer channel layer, PostgreSQL). The server is restarted (the clients see their sockets close);
@@ -18,7 +18,7 @@ import argparse
 import statistics
 import sys
 
-import ws_stack
+from bench import ws_stack
 
 STORM_TIMEOUT = 120
 

@@ -1,7 +1,7 @@
 """Times the periodic-sync machinery without a broker in the way (the in-memory one stands in):
 
     DATABASE_URL=postgres://... REDIS_URL=redis://127.0.0.1:6379/<scratch db> \
-        .venv/bin/python bench/sync_bench.py [accounts]
+        scripts/bench sync_bench [accounts]
 
 It creates a throw-away test database (Django's test database of DATABASE_URL) and uses REDIS_URL
 for the locks and the channel layer: point it at a Redis db nothing else uses. Prints the time to
@@ -11,28 +11,24 @@ claim every due account (the dispatcher's one UPDATE) and the time per account o
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-
-import django  # noqa: E402
-
-django.setup()
-
-from django.contrib.auth import get_user_model  # noqa: E402
-from django.test.utils import setup_databases, teardown_databases  # noqa: E402
-
-from trading.brokers.memory import MemoryBroker  # noqa: E402
-from trading.models import BrokerAccount  # noqa: E402
-from watchlist.services import claim_due_syncs, sync_and_record  # noqa: E402
 
 
 def main(count: int) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.test.utils import setup_databases, teardown_databases
+
+    from trading.brokers.memory import MemoryBroker
+    from trading.models import BrokerAccount
+    from watchlist.services import claim_due_syncs, sync_and_record
+
     databases = setup_databases(verbosity=0, interactive=False)
     try:
         owner = get_user_model().objects.create_user("bench")
@@ -73,4 +69,6 @@ def main(count: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2_000)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("accounts", type=int, nargs="?", default=2_000, help="due accounts (default 2000)")
+    main(parser.parse_args().accounts)

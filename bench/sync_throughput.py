@@ -1,7 +1,7 @@
 """Sync throughput: accounts of many positions on the KIS simulator, kept in sync by the real dispatcher
 (Celery beat running `dispatch_due_syncs`) and N real Celery worker processes.
 
-    .venv/bin/python bench/sync_throughput.py [--accounts 2000 --positions 50 --workers 2 --duration 90]
+    scripts/bench sync_throughput [--accounts 2000 --positions 50 --workers 2 --duration 90]
 
 Everything it uses is its own: a private redis-server, a database `lw_bench_sync` (dropped and created
 again) on the PostgreSQL of --database-admin-url, a simulator subprocess, the workers and beat. It runs
@@ -36,14 +36,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import psycopg
 
-import psycopg  # noqa: E402
-
-from bench.production import production_settings_env  # noqa: E402
-from tests.fixtures.faults import AppProcess, PrivateRedis, celery_beat, celery_worker  # noqa: E402
-from tests.fixtures.simulator import SimulatorHandle, start_simulator  # noqa: E402
+from bench.production import production_settings_env
+from devtools.processes import ROOT, AppProcess, celery_beat, celery_worker
+from devtools.redis_server import PrivateRedis
+from devtools.simulator import SimulatorHandle, start_simulator
 
 BENCH_DATABASE = "lw_bench_sync"
 FIRST_CANO = 70_000_000
@@ -248,9 +246,7 @@ def queries_of_one_sync(simulator: SimulatorHandle, moving: bool) -> int:
 
 
 def diff_millis(items: int) -> dict[str, float]:
-    sys.path.insert(0, str(ROOT / "bench"))
-    import diff_bench
-
+    from bench import diff_bench
     from watchlist.diff import diff_items
 
     stored = diff_bench.watchlist(items)

@@ -2,7 +2,7 @@
 user, through Daphne (or --server uvicorn), the --layer channel layer, PostgreSQL, a Celery worker and
 the KIS simulator.
 
-    .venv/bin/python bench/trade_to_screen.py [--trades 200 --accounts 10]
+    scripts/bench trade_to_screen [--trades 200 --accounts 10]
 
 `--accounts` users, each with one simulator account and one token socket open. Trades go one at a
 time, round robin over the accounts, a market buy of 1 then a sell of 1 on each (holdings stay
@@ -23,11 +23,11 @@ import sys
 import time
 
 import httpx
-import ws_stack
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.fixtures.faults import celery_worker
-from tests.fixtures.simulator import start_simulator
+from bench import ws_stack
+from devtools.processes import celery_worker
+from devtools.simulator import start_simulator
 
 TARGET_P50, TARGET_P99 = 0.050, 0.150
 CODE = "005930"

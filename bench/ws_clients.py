@@ -1,6 +1,6 @@
 """The client side of the WebSocket benchmarks: one process holding many sockets, driven by its parent.
 
-    .venv/bin/python bench/ws_clients.py     (started by bench/ws_stack.py `Clients`)
+    .venv/bin/python -m bench.ws_clients     (started by bench/ws_stack.py `Clients`)
 
 It runs apart from the servers it measures so that they never share an event loop. Commands come
 as JSON lines on stdin and each is answered by one JSON line on stdout. Sockets are kept in named

@@ -2,8 +2,8 @@
 they start, the client process, the seeded accounts and the report.
 
 Everything a benchmark starts is its own and stops with it: a private redis-server on a free port
-(tests/fixtures/faults.py), a PostgreSQL database `lw_bench_ws` dropped and created again on the server
-of --database-admin-url, our application under Daphne or uvicorn (--server, tests/fixtures/servers.py) on
+(devtools/redis_server.py), a PostgreSQL database `lw_bench_ws` dropped and created again on the server
+of --database-admin-url, our application under Daphne or uvicorn (--server, devtools/asgi_server.py) on
 either channel layer (--layer, the CHANNEL_LAYER setting), the bare `websockets` baseline
 (bench/bare_ws_server.py) and the client process (bench/ws_clients.py), each on a free 127.0.0.1 port.
 """
@@ -20,15 +20,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import httpx
+import psycopg
 
-import httpx  # noqa: E402
-import psycopg  # noqa: E402
-
-from bench.production import production_settings_env  # noqa: E402
-from tests.fixtures.faults import PrivateRedis, stop_process, wait_for  # noqa: E402
-from tests.fixtures.servers import AsgiServer, free_port  # noqa: E402
+from bench.production import production_settings_env
+from devtools.asgi_server import AsgiServer
+from devtools.processes import ROOT, free_port, stop_process, wait_for
+from devtools.redis_server import PrivateRedis
 
 BENCH_DATABASE = "lw_bench_ws"
 WATCHED_CODE = "005930"
@@ -130,8 +128,8 @@ class BareServer:
     def start(self) -> None:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "bare_ws_server.py"), "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "bench.bare_ws_server", "--port", str(self.port)],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             )
         wait_for(lambda: "listening on" in self.log_path.read_text(), 30, "the bare websockets server")
 
@@ -165,7 +163,7 @@ class Clients:
     """bench/ws_clients.py as a subprocess; each method is one command and returns its answer."""
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "ws_clients.py")],
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.ws_clients"], cwd=ROOT,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def command(self, cmd: str, fleet: str, **fields) -> dict:

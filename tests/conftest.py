@@ -7,5 +7,4 @@ pytest_plugins = [
     "tests.fixtures.celery",
     "tests.fixtures.servers",
     "tests.fixtures.trade",
-    "tests.fixtures.faults",
 ]

@@ -10,8 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.faults import AppProcess, celery_beat, celery_worker, wait_for
-from tests.fixtures.servers import AsgiServer, server_env
+from devtools.asgi_server import AsgiServer
+from devtools.processes import AppProcess, celery_beat, celery_worker, wait_for
+from devtools.redis_server import PrivateRedis
+from tests.fixtures.servers import server_env
 from trading.models import BrokerAccount
 from watchlist.models import SyncState, WatchlistItem
 
@@ -52,6 +54,28 @@ class System:
         """Every log of the run, for assertion messages."""
         return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-6000:]}"
                          for path in sorted(self.tmp_path.glob("*.log")))
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    server = PrivateRedis(tmp_path / "redis.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def app_processes():
+    """Start AppProcess objects with `app_processes(process)`; those still running stop after the test."""
+    started: list[AppProcess] = []
+
+    def start(process: AppProcess) -> AppProcess:
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in reversed(started):
+        process.stop()
 
 
 @pytest.fixture

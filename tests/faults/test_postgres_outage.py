@@ -10,8 +10,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from devtools.processes import wait_for
+from devtools.proxy import TcpProxy
 from tests.fixtures import servers
-from tests.fixtures.faults import TcpProxy, wait_for
 from watchlist.models import SyncState
 
 from .conftest import WAIT, api_token, wait_in_step

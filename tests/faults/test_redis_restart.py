@@ -14,9 +14,9 @@ from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 
 from config.settings import channel_layers_setting
+from devtools.processes import wait_for
 from tests.e2e.test_live_updates import TIMEOUT, open_socket, token_for
 from tests.e2e.test_multi_process import next_of_type
-from tests.fixtures.faults import wait_for
 from trading.brokers.memory import MemoryBroker
 from watchlist.fanout import CLOSE_LAYER_FAILED
 from watchlist.models import SyncState

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from tests.fixtures.faults import wait_for
+from devtools.processes import wait_for
 from watchlist.models import SyncState
 
 from .conftest import SYNC_INTERVAL, WAIT, wait_in_step
