@@ -93,10 +93,10 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 
 if DATABASES["default"]["ENGINE"].endswith("postgresql") and env_bool("DATABASE_POOL", False):
     # The ASGI server (Daphne or uvicorn) sets this, Django's advice for ASGI: each
-    # database_sync_to_async call ends by closing its connection, so every WebSocket handshake (token,
-    # account, snapshot) paid for three new PostgreSQL logins (~7 ms each); from a pool that close is a
-    # hand-back (300 sockets at once: 1.5 s instead of 2.9 s). Off elsewhere: a pool opened before a
-    # Celery worker forks would be shared by its children.
+    # database_sync_to_async call ends by closing its connection, so every WebSocket handshake would
+    # pay for new PostgreSQL logins; from a pool that close is a hand-back (docs/PERFORMANCE.md,
+    # "Handshakes"). Off elsewhere: a pool opened before a Celery worker forks would be shared by its
+    # children.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -152,7 +152,7 @@ def channel_layers_setting(layer: str, redis_url: str) -> dict:
     # No socket timeout at all (None), rather than a longer one: with any timeout redis-py sends each
     # command through asyncio.wait_for, which on Python 3.11 swallows a cancellation landing as the send
     # completes, so a socket closed at that moment leaves its consumer's receive loop running forever
-    # (measured: 8 of 200 quick disconnects; test: sockets closed right after connecting end cleanly).
+    # (docs/PERFORMANCE.md, "Channel layer"; test: sockets closed right after connecting end cleanly).
     # RedisChannelLayer's blocking reads return every 5 s anyway (the pub/sub layer's reads poll every
     # 0.1 s); keepalive notices a dead Redis. Both layers build their connection pools from these options.
     host = {

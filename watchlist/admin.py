@@ -1,7 +1,7 @@
 """The admin: watchlists with their items, the change history, sync state and pending trades.
 
-Everything here is read-only: the watchlist has one writer (watchlist.services), and an edit made
-in the admin would bypass its version and its broadcast. "Sync now" queues the same task the
+Everything here is read-only: the watchlist is written by watchlist.services (and its prices by the
+price feed), and an edit made in the admin would bypass its version and its broadcast. "Sync now" queues the same task the
 dispatcher queues.
 """
 

@@ -1,4 +1,5 @@
-"""The only module that talks to the channel layer. Message shapes are the contract's."""
+"""The messages of the contract and sending them to an account's group after the commit. (The
+process fan-out, watchlist/fanout.py, is the other user of the channel layer: it receives them.)"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 from django.db import models
 from django.utils import timezone
 
-from trading.models import BrokerAccount
+from trading.models import BrokerAccount, Order
 
 
 class Watchlist(models.Model):
@@ -101,17 +101,13 @@ class PendingTrade(models.Model):
     win once the grace period since `created_at` has passed.
     """
 
-    class Side(models.TextChoices):
-        BUY = "buy", "buy"
-        SELL = "sell", "sell"
-
     class Resolution(models.TextChoices):
         CONFIRMED = "confirmed", "confirmed by the account"
         EXPIRED = "expired", "not confirmed within the grace period: the account won"
 
     watchlist = models.ForeignKey(Watchlist, on_delete=models.CASCADE, related_name="pending_trades")
     stock_code = models.CharField(max_length=6)
-    side = models.CharField(max_length=4, choices=Side.choices)
+    side = models.CharField(max_length=4, choices=Order.Side.choices)
     qty = models.BigIntegerField()
     expected_quantity = models.BigIntegerField()
     order_id = models.CharField(max_length=32, blank=True)

@@ -1,4 +1,6 @@
-"""The only writers of the watchlist: the sync with the account, optimistic trade events, sync state.
+"""The writers of the watchlist's holdings and versions: the sync with the account, optimistic trade
+events, sync state. (The price feed, watchlist/prices.py, refreshes the stored prices in between,
+without a version or a change.)
 
 Sync. The broker read runs under the account's sync lock only (locks.py), never under the write
 lock. The write section (read the stored list, diff, write, broadcast) runs under `account_lock` in
@@ -38,7 +40,6 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Literal
 
 import pandas as pd
 from django.conf import settings
@@ -46,7 +47,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from trading.brokers.base import Broker, BrokerError, validate_order
+from trading.brokers.base import Broker, BrokerError, Side, validate_order
 from trading.models import BrokerAccount
 
 from . import events, jobs
@@ -58,7 +59,6 @@ from .selectors import full_list, sync_status_dict
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-TradeType = Literal["buy", "sell"]
 
 ITEM_VALUE_FIELDS = [name for name in ITEM_FIELDS if name != "stock_code"]
 
@@ -129,7 +129,7 @@ def _keep_optimistic(target: dict[str, ItemState], code: str, optimistic: ItemSt
         target[code] = replace(optimistic.revalued(current_price=held.current_price), name=held.name)
 
 
-def optimistic_item(held: ItemState | None, stock_code: str, trade_type: TradeType, qty: int,
+def optimistic_item(held: ItemState | None, stock_code: str, trade_type: Side, qty: int,
                     price: int | None, name: str) -> ItemState | None:
     """The item as it will be once an accepted order fills (None: not held). A market order's price is
     not known yet: the held item's current price stands in, the reconciling sync brings the real one."""
@@ -206,7 +206,7 @@ class WatchlistService:
 
     # --- trades -----------------------------------------------------------------------------------
 
-    def handle_trade_event(self, stock_code: str, trade_type: TradeType, qty: int, *, order_id: str = "",
+    def handle_trade_event(self, stock_code: str, trade_type: Side, qty: int, *, order_id: str = "",
                            price: int | None = None, name: str | None = None) -> int:
         """Apply an order the broker accepted, at once and pending; queue the reconciling sync.
 
@@ -252,7 +252,7 @@ class WatchlistService:
         rewritten = []
         for code in changes.updated + changes.repriced:
             item, state = items[code], target[code]
-            for name in ITEM_VALUE_FIELDS:  # not asdict(): its deep copy costs 1 ms for 50 items
+            for name in ITEM_VALUE_FIELDS:  # not asdict(): its deep copy is slow on the sync's hot path
                 setattr(item, name, getattr(state, name))
             if code in changes.updated:
                 item.updated_at = now
@@ -290,11 +290,10 @@ class WatchlistService:
 def _update_items(items: list[WatchlistItem]) -> None:
     """Write the value fields of `items`: one UPDATE statement, executed for every row in one round trip.
 
-    Not `bulk_update`: its CASE per field and row cost 45 ms of CPU here, and as much again in
-    PostgreSQL, for the 50 items of an account whose prices moved, which is every sync in market hours
-    (bench/sync_throughput.py: 2,000 such accounts need this to keep their 30 s interval). The values go
-    to the driver as they are (ints, floats, strs, bools); only the timestamp needs the backend's
-    conversion, and Field.get_db_prep_save on every value cost more than the statement itself."""
+    Not `bulk_update`: its CASE per field and row costs more CPU, here and in PostgreSQL, than the
+    rest of a sync whose prices moved, which is every sync in market hours (docs/PERFORMANCE.md, "Sync
+    throughput"). The values go to the driver as they are (ints, floats, strs, bools); only the
+    timestamp needs the backend's conversion."""
     quote = connection.ops.quote_name
     updated_at = WatchlistItem._meta.get_field("updated_at")
     columns = [WatchlistItem._meta.get_field(name).column for name in ITEM_VALUE_FIELDS] + [updated_at.column]

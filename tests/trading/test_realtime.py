@@ -29,7 +29,7 @@ from trading.brokers.realtime import (
     follows_krx_hours,
     krx_is_open,
     kst_unix,
-    parse_data_frame,
+    parse_wire_frame,
     parse_fill_notice,
     parse_tick,
     realtime_url,
@@ -93,7 +93,7 @@ async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05):
 
 
 def test_a_price_frame_with_one_record():
-    frame = parse_data_frame(f"0|H0STCNT0|001|{SAMSUNG}")
+    frame = parse_wire_frame(f"0|H0STCNT0|001|{SAMSUNG}")
     assert (frame.tr_id, frame.encrypted, frame.count) == (PRICE_TR, False, 1)
     [record] = split_records(frame.payload, frame.count)
     tick = parse_tick(record)
@@ -104,7 +104,7 @@ def test_a_price_frame_with_one_record():
 
 
 def test_several_records_in_one_frame():
-    frame = parse_data_frame(f"0|H0STCNT0|003|{SAMSUNG}^{HYNIX}^{SAMSUNG}")
+    frame = parse_wire_frame(f"0|H0STCNT0|003|{SAMSUNG}^{HYNIX}^{SAMSUNG}")
     ticks = [parse_tick(record) for record in split_records(frame.payload, frame.count)]
     assert [(t.stock_code, t.price) for t in ticks] == [
         ("005930", 71900),
@@ -124,7 +124,7 @@ def test_several_records_in_one_frame():
 )
 def test_frames_that_do_not_split_into_records_are_refused_whole(text):
     with pytest.raises(BadBrokerResponse):
-        frame = parse_data_frame(text)
+        frame = parse_wire_frame(text)
         split_records(frame.payload, frame.count)
 
 

@@ -24,7 +24,7 @@ from .realtime import (
     PRICE_TR,
     Registration,
     fill_tr,
-    is_data_frame,
+    is_wire_frame,
     issue_approval_key,
     parse_control,
     realtime_url,
@@ -134,7 +134,7 @@ async def _ack_of(ws: ClientConnection, registration: Registration):
     """The next acknowledgement of `registration`; data frames pass, PINGPONG is echoed."""
     async for message in ws:
         text = message.decode() if isinstance(message, bytes) else message
-        if is_data_frame(text):
+        if is_wire_frame(text):
             continue
         ack = parse_control(text)
         if ack is None:

@@ -51,8 +51,8 @@ BALANCE_COLUMNS: dict[str, str] = {
 
 def balance_frame(rows: list[dict]) -> pd.DataFrame:
     """Build a typed balance DataFrame from dicts holding (at least) BALANCE_COLUMNS keys."""
-    # Column by column, each typed as it is built: a third of the CPU of DataFrame(rows).astype(...),
-    # and every sync builds one (bench/sync_throughput.py).
+    # Column by column, each typed as it is built: every sync builds one, and this is the cheapest
+    # way measured (docs/PERFORMANCE.md, "Sync throughput").
     return pd.DataFrame({name: pd.array([row[name] for row in rows], dtype=dtype)
                          for name, dtype in BALANCE_COLUMNS.items()})
 

@@ -128,8 +128,8 @@ def http_client() -> httpx.Client:
     """The process's pooled client, shared by its threads (a forked worker makes its own).
 
     Not one per thread: Django runs each sync request under ASGI in a thread of its own, so a
-    per-thread client cost every order a new TLS context and a new connection to KIS (35 % of the
-    POST's samples under py-spy during bench/trade_to_screen.py)."""
+    per-thread client would cost every order a new TLS context and a new connection to KIS
+    (docs/PERFORMANCE.md, "Trade to screen")."""
     global _shared_client
     with _shared_client_lock:
         if _shared_client is None or _shared_client[0] != os.getpid():

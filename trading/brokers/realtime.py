@@ -178,7 +178,10 @@ class Ack:
 
 
 @dataclass(frozen=True)
-class DataFrame:
+class WireFrame:
+    """One data message of the feed as KIS frames it, `0|TR|count|payload` (1| when encrypted): text on
+    the WebSocket, not a pandas DataFrame."""
+
     tr_id: str
     encrypted: bool
     count: int
@@ -199,16 +202,16 @@ def registration_message(approval_key: str, registration: Registration, *, subsc
     )
 
 
-def is_data_frame(text: str) -> bool:
+def is_wire_frame(text: str) -> bool:
     return text[:1] in ("0", "1")
 
 
-def parse_data_frame(text: str) -> DataFrame:
+def parse_wire_frame(text: str) -> WireFrame:
     """`<0|1>|<tr_id>|<count>|<payload>`: the first field says whether the payload is encrypted."""
     parts = text.split("|", 3)
     if len(parts) != 4 or not parts[2].isdigit():
         raise BadBrokerResponse(f"not a real-time data frame: {text[:40]!r}")
-    return DataFrame(tr_id=parts[1], encrypted=parts[0] == "1", count=int(parts[2]), payload=parts[3])
+    return WireFrame(tr_id=parts[1], encrypted=parts[0] == "1", count=int(parts[2]), payload=parts[3])
 
 
 def split_records(payload: str, count: int) -> list[list[str]]:
@@ -644,8 +647,8 @@ class RealtimeSession:
 
     async def handle_message(self, ws: ClientConnection, message: str) -> None:
         """One message from the server: data frames to the callbacks, PINGPONG answered, acks applied."""
-        if is_data_frame(message):
-            self._handle_data(parse_data_frame(message))
+        if is_wire_frame(message):
+            self._handle_data(parse_wire_frame(message))
             return
         ack = parse_control(message)
         if ack is None:
@@ -657,7 +660,7 @@ class RealtimeSession:
             return
         self._handle_ack(ack)
 
-    def _handle_data(self, frame: DataFrame) -> None:
+    def _handle_data(self, frame: WireFrame) -> None:
         if frame.tr_id == PRICE_TR:
             for record in split_records(frame.payload, frame.count):
                 try:
