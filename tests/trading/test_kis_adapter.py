@@ -328,3 +328,18 @@ def test_every_thread_of_a_process_shares_one_pooled_http_client(simulator, sim_
 
     assert clients == {id(kis.http_client())}
     assert simulator.calls("inquire-price") == 8
+
+
+def test_a_redis_that_lost_the_token_gets_it_back_from_the_process_without_asking_kis(
+    simulator, sim_account, redis_client
+):
+    """A Redis restarted without persistence: KIS would refuse a new token within the minute (EGW00133)."""
+    broker = KoreaInvestService(sim_account)
+    broker.get_price("005930")
+    redis_client.flushdb()  # the restart
+
+    broker.get_price("005930")
+    KoreaInvestService(sim_account).get_price("000660")
+
+    assert simulator.calls("tokenP") == 1
+    assert redis_client.keys("*kis:token:*")  # put back for the other processes

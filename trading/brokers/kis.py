@@ -307,8 +307,20 @@ def token_expiry(body: dict) -> float:
         raise BadBrokerResponse("token answer without access_token_token_expired or expires_in") from None
 
 
+# Every token this process has used, by app key: a Redis restarted without persistence loses the
+# shared copy, and KIS refuses a new token within a minute of the last one (EGW00133), so a process
+# puts its own copy back instead of asking KIS again.
+_process_tokens: dict[str, dict] = {}
+
+
+def forget_process_tokens() -> None:
+    """Start as a new process would (tests that begin from an empty Redis)."""
+    _process_tokens.clear()
+
+
 class SharedToken:
-    """The one access token of a (base URL, app key), kept in the Django cache (Redis)."""
+    """The one access token of a (base URL, app key), kept in the Django cache (Redis) and, in case
+    Redis loses it, in the process."""
 
     def __init__(self, key_id: str) -> None:
         self.key_id = key_id
@@ -318,10 +330,24 @@ class SharedToken:
 
     def cached(self) -> str | None:
         """The cached token, while it is not yet due for renewal."""
-        record = cache.get(self.cache_key)
+        record = self._record()
         if record and record["expires_at"] - TOKEN_RENEW_MARGIN > time.time():
             return record["access_token"]
         return None
+
+    def _record(self) -> dict | None:
+        """The shared record, or this process's copy put back when Redis has lost it."""
+        record = cache.get(self.cache_key)
+        if record is None and (record := _process_tokens.get(self.key_id)) is not None:
+            if record["expires_at"] <= time.time():
+                return None
+            logger.info("the shared KIS token of app key %s was gone from Redis: put back from the process", self.key_id)
+            self._store(record)
+        return record
+
+    def _store(self, record: dict) -> None:
+        _process_tokens[self.key_id] = record
+        cache.set(self.cache_key, record, timeout=max(1, int(record["expires_at"] - time.time())))
 
     def get(self, issue: Callable[[], dict]) -> str:
         return self.cached() or self.refresh(issue, stale=None)
@@ -337,9 +363,10 @@ class SharedToken:
         if not lock.acquire():
             raise BrokerUnavailable("timed out waiting for another process to issue the KIS token")
         try:
-            record = cache.get(self.cache_key)
+            record = self._record()
             if record and record["access_token"] == stale:
                 cache.delete(self.cache_key)
+                _process_tokens.pop(self.key_id, None)
                 record = None
             if record and record["expires_at"] - TOKEN_RENEW_MARGIN > time.time():
                 return record["access_token"]
@@ -370,7 +397,7 @@ class SharedToken:
             cache.set(self.issued_key, True, timeout=max(settings.KIS_TOKEN_MIN_INTERVAL, TOKEN_ISSUE_REFUSED_HOLD))
             raise
         cache.set(self.issued_key, True, timeout=settings.KIS_TOKEN_MIN_INTERVAL)
-        cache.set(self.cache_key, record, timeout=max(1, int(record["expires_at"] - time.time())))
+        self._store(record)
         return record["access_token"]
 
 
