@@ -1,0 +1,75 @@
+"""The limits that keep one socket, or one user, from hurting everyone else (contract.md, "WebSocket").
+
+- A frame over MAX_FRAME_BYTES is refused. The ASGI server refuses it first where it can (scripts/run
+  starts Daphne with `--websocket-max-message-size`, uvicorn with `--ws-max-size`; the close is then
+  1009); the consumer checks again, for a server started otherwise.
+- Inbound frames are metered per socket (`FrameRate`): a page sends a ping every 20 s and a resync
+  now and then; a socket that keeps sending more than RATE frames a second gets an `error` and 4429.
+- What the server holds for a socket and has not yet written to it is bounded (`unsent_bytes`):
+  Daphne's `send` returns at once and Twisted's transport keeps whatever the kernel would not take,
+  without limit (a `?render=html` socket that asked for snapshots and never read grew Daphne by 411 MB
+  in 20 s). A socket holding more than MAX_UNSENT_BYTES when something more is to be sent is closed
+  4408; its client resyncs when it reconnects.
+- A user holds at most MAX_SOCKETS_PER_USER sockets per process (beyond: 4429). Per process rather
+  than across processes: what one user's sockets cost (memory, loop time) is a process's, the count
+  needs no Redis round trip per handshake and no expiry for a process that died, and a user still gets
+  at least the contract's 256 on any one process.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+CLOSE_TOO_MANY = 4429
+CLOSE_FALLING_BEHIND = 4408
+
+MAX_FRAME_BYTES = 64 * 1024
+RATE = 20.0  # frames a second, sustained
+BURST = 60  # frames at once, on top of which RATE refills
+MAX_UNSENT_BYTES = 256 * 1024
+MAX_SOCKETS_PER_USER = 300
+
+
+def frame_too_large(text: str | None, data: bytes | None) -> bool:
+    if data is not None:
+        return len(data) > MAX_FRAME_BYTES
+    # Characters are at most 4 bytes: only a long text is encoded to be measured.
+    return text is not None and len(text) > MAX_FRAME_BYTES // 4 and len(text.encode()) > MAX_FRAME_BYTES
+
+
+class FrameRate:
+    """A token bucket: BURST frames at once, refilled at RATE a second."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens = float(BURST)
+        self.stamp = time.monotonic()
+
+    def admit(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(float(BURST), self.tokens + (now - self.stamp) * RATE)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def unsent_bytes(send) -> int | None:
+    """Bytes written for this socket that the server still holds, or None where that cannot be read.
+
+    Daphne hands a consumer `partial(Server.handle_reply, protocol)`; the protocol's transport is a
+    Twisted file descriptor whose write buffer is `dataBuffer` (from `offset` on) plus the pieces
+    appended since it was last flushed. Twisted has no public reading of it (its producer API would
+    say only "over 64 KB", and Daphne's HTTP channel already holds the transport's producer slot).
+    uvicorn's `send` waits instead until the client has read enough (websockets' drain), so nothing
+    piles up there, but a reader that stops holds up the sender (docs/PERFORMANCE.md)."""
+    if not isinstance(send, partial) or not send.args:
+        return None
+    transport = getattr(send.args[0], "transport", None)
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except (AttributeError, TypeError):
+        return None
