@@ -194,8 +194,13 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
             await process_fanout().leave(self.account_id, self)
 
     async def fail(self) -> None:
-        await self.close(code=CLOSE_SERVER_ERROR)
         await self.leave()
+        await self.close(code=CLOSE_SERVER_ERROR)
+
+    async def end(self, code: int, why: str) -> None:
+        """Out of the fan-out first, then closed: once the client sees the close, nothing is left here."""
+        await self.leave()
+        await self.refuse(code, why)
 
     # --- client -> server
 
@@ -237,8 +242,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         if self.closed or self.credential is None:
             return
         if event.get("session") is not None and event["session"] == self.credential.session_fingerprint:
-            await self.refuse(CLOSE_UNAUTHENTICATED, f"user={self.user_id}: its session ended")
-            return await self.leave()
+            return await self.end(CLOSE_UNAUTHENTICATED, f"user={self.user_id}: its session ended")
         # One check at a time, and one more after it when a revocation came meanwhile: the check in
         # flight may have read before that change committed.
         self.check_wanted = True
@@ -251,8 +255,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
                 self.check_wanted = False
                 code = await database_sync_to_async(refusal, thread_sensitive=False)(self.credential, self.account_id)
                 if code is not None:
-                    await self.refuse(code, f"user={self.user_id} account={self.account_id} revoked")
-                    await self.leave()
+                    await self.end(code, f"user={self.user_id} account={self.account_id} revoked")
         except Exception:
             logger.exception("socket user=%s account=%s: checking again failed", self.user_id, self.account_id)
             await self.fail()
@@ -325,9 +328,8 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
                 self.account_id
             )
         if code is not None or snapshot is None:
-            await self.refuse(code or CLOSE_FORBIDDEN, f"user={self.user_id} account={self.account_id} "
-                              f"{'no longer allowed' if code else 'no longer exists'}")
-            return await self.leave()
+            return await self.end(code or CLOSE_FORBIDDEN, f"user={self.user_id} account={self.account_id} "
+                                  f"{'no longer allowed' if code else 'no longer exists'}")
         message = {"type": "watchlist_snapshot", **snapshot}
         if self.render_html:
             message["rows_html"] = rows_html(snapshot["full_list"])
