@@ -1,8 +1,10 @@
 """The limits that keep one socket, or one user, from hurting everyone else (contract.md, "WebSocket").
 
 - A frame over MAX_FRAME_BYTES is refused. The ASGI server refuses it first where it can (scripts/run
-  starts Daphne with `--websocket-max-message-size`, uvicorn with `--ws-max-size`; the close is then
-  1009); the consumer checks again, for a server started otherwise.
+  starts Daphne with `--websocket-max-frame-size`, uvicorn with `--ws-max-size`: the connection is
+  dropped); the consumer checks the whole message again (Daphne's message limit stays at its 1 MB
+  default: autobahn applies it to what the server sends too, and a `?render=html` snapshot can pass
+  64 KB).
 - Inbound frames are metered per socket (`FrameRate`): a page sends a ping every 20 s and a resync
   now and then; a socket that keeps sending more than RATE frames a second gets an `error` and 4429.
 - What the server holds for a socket and has not yet written to it is bounded (`unsent_bytes`):
