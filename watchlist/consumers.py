@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
@@ -45,6 +45,7 @@ from .socket_auth import (
     socket_owner,
 )
 from .socket_limits import (
+    BURST,
     CLOSE_FALLING_BEHIND,
     CLOSE_TOO_MANY,
     MAX_FRAME_BYTES,
@@ -52,6 +53,9 @@ from .socket_limits import (
     MAX_UNSENT_BYTES,
     FrameRate,
     frame_too_large,
+    inbound_backlog,
+    resume_reading,
+    stop_reading,
     unsent_bytes,
 )
 
@@ -122,6 +126,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
     check_wanted = False
 
     async def __call__(self, scope, receive, send) -> None:
+        self.backlog = partial(inbound_backlog, receive)
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -150,6 +155,8 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         # its retry added more (1,000 sockets at once: most never served). Refusals are close codes
         # the client sees after the accept (a refused handshake shows none).
         await self.accept()
+        # Nothing a client sends before its snapshot is worth reading meanwhile.
+        stop_reading(self.base_send)
         headers = self.scope["headers"]
         params = parse_qs(self.scope["query_string"].decode("latin-1"), keep_blank_values=True)
         self.render_html = params.get("render") == ["html"]
@@ -174,6 +181,8 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         await fanout.join(self.account_id, self)
         self.joined = True
         await self.send_snapshot(check_first=False)
+        if not self.closed:
+            resume_reading(self.base_send)
         logger.debug("socket open user=%s account=%s", self.user_id, self.account_id)
 
     async def refuse(self, code: int, why: str) -> None:
@@ -207,7 +216,10 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.joined or self.closed:  # a refused socket, between its close frame and the disconnect
             return
-        if not self.frames.admit():
+        # Frames already waiting count too: a client that sent thousands while its socket connected
+        # is a flood whatever the time they took to be read here.
+        if not self.frames.admit() or self.backlog() > BURST:
+            stop_reading(self.base_send)
             await self.send_error("Too many messages: slow down.")
             return await self.refuse(CLOSE_TOO_MANY, f"user={self.user_id} account={self.account_id} flooding")
         if frame_too_large(text_data, bytes_data):

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from functools import partial
 
@@ -59,19 +60,48 @@ class FrameRate:
         return True
 
 
+def daphne_transport(send):
+    """The Twisted transport of a socket served by Daphne, which hands a consumer
+    `partial(Server.handle_reply, protocol)` as its `send`; None under another server."""
+    if not isinstance(send, partial) or not send.args:
+        return None
+    return getattr(send.args[0], "transport", None)
+
+
 def unsent_bytes(send) -> int | None:
     """Bytes written for this socket that the server still holds, or None where that cannot be read.
 
-    Daphne hands a consumer `partial(Server.handle_reply, protocol)`; the protocol's transport is a
-    Twisted file descriptor whose write buffer is `dataBuffer` (from `offset` on) plus the pieces
-    appended since it was last flushed. Twisted has no public reading of it (its producer API would
-    say only "over 64 KB", and Daphne's HTTP channel already holds the transport's producer slot).
-    uvicorn's `send` waits instead until the client has read enough (websockets' drain), so nothing
-    piles up there, but a reader that stops holds up the sender (docs/PERFORMANCE.md)."""
-    if not isinstance(send, partial) or not send.args:
-        return None
-    transport = getattr(send.args[0], "transport", None)
+    Under Daphne, the transport's write buffer: `dataBuffer` (from `offset` on) plus the pieces appended
+    since it was last flushed. Twisted has no public reading of it (its producer API would say only
+    "over 64 KB", and Daphne's HTTP channel already holds the transport's producer slot). uvicorn's
+    `send` waits instead until the client has read enough (websockets' drain), so nothing piles up
+    there, but a reader that stops holds up the sender (docs/PERFORMANCE.md)."""
+    transport = daphne_transport(send)
     try:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     except (AttributeError, TypeError):
         return None
+
+
+def stop_reading(send) -> None:
+    """Read nothing from the socket's connection until `resume_reading`. Daphne reads and parses every
+    frame a client sends, and queues it for the consumer without limit, until the connection is gone
+    (for a closed socket, one second after its close frame): a flood would go on costing the process
+    all that time, and one sent while the socket connects (3 s of frames were queued before the
+    consumer's first read, in a flood). What is written still goes out."""
+    transport = daphne_transport(send)
+    if transport is not None:
+        transport.stopReading()
+
+
+def resume_reading(send) -> None:
+    transport = daphne_transport(send)
+    if transport is not None:
+        transport.startReading()
+
+
+def inbound_backlog(receive) -> int:
+    """Frames the server queued for the consumer and it has not read yet (Daphne and Channels' test
+    communicator hand it `asyncio.Queue.get`)."""
+    queue = getattr(receive, "__self__", None)
+    return queue.qsize() if isinstance(queue, asyncio.Queue) else 0
