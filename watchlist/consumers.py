@@ -54,6 +54,7 @@ from .socket_limits import (
     FrameRate,
     frame_too_large,
     inbound_backlog,
+    read_in_small_pieces,
     resume_reading,
     stop_reading,
     unsent_bytes,
@@ -157,6 +158,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         await self.accept()
         # Nothing a client sends before its snapshot is worth reading meanwhile.
         stop_reading(self.base_send)
+        read_in_small_pieces(self.base_send)
         headers = self.scope["headers"]
         params = parse_qs(self.scope["query_string"].decode("latin-1"), keep_blank_values=True)
         self.render_html = params.get("render") == ["html"]

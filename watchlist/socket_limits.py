@@ -32,6 +32,7 @@ RATE = 20.0  # frames a second, sustained
 BURST = 60  # frames at once, on top of which RATE refills
 MAX_UNSENT_BYTES = 256 * 1024
 MAX_SOCKETS_PER_USER = 300
+READ_SIZE = 4096
 
 
 def frame_too_large(text: str | None, data: bytes | None) -> bool:
@@ -92,6 +93,15 @@ def stop_reading(send) -> None:
     transport = daphne_transport(send)
     if transport is not None:
         transport.stopReading()
+
+
+def read_in_small_pieces(send) -> None:
+    """Under Daphne, read the connection READ_SIZE bytes at a time rather than Twisted's 64 KB: a read
+    is parsed frame by frame in one go, and 64 KB of a flood's tiny frames held the event loop for tens
+    of milliseconds, which every other socket of the process waited out (bench/abuse.py)."""
+    transport = daphne_transport(send)
+    if transport is not None:
+        transport.bufferSize = READ_SIZE
 
 
 def resume_reading(send) -> None:
