@@ -10,37 +10,61 @@ Its database work is two self-contained reads (who and which account, then the s
 `thread_sensitive=False`: in parallel on the default executor rather than one by one on the single
 sync thread, so a reconnect storm's handshakes do not queue behind each other (1,000 sockets at once
 are all served: bench/reconnect_storm.py).
+
+What a socket may cost is bounded (watchlist/socket_limits.py: frame size, inbound rate, unsent bytes,
+sockets per user), a resync is read off the socket's receive loop and further resyncs fold into the one
+in flight, and a socket is checked again (socket_auth.refusal) on every resync and whenever its user
+or account changes (watchlist/socket_revocation.py). No handler's failure escapes: a bad frame is
+answered `error`, any other failure closes the socket (4500), and the socket leaves the fan-out
+whatever ends it (Channels runs no disconnect() after a handler raised).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from functools import lru_cache
-from urllib.parse import parse_qs, urlparse
+from functools import lru_cache, partial
+from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.conf import settings
-from django.http.request import validate_host
 from django.template.loader import render_to_string
 
 from .fanout import process_fanout
 from .selectors import snapshot_of_account
-from .socket_auth import header, socket_owner
+from .socket_auth import (
+    CLOSE_FORBIDDEN,
+    CLOSE_UNAUTHENTICATED,
+    Credential,
+    origin_allowed,
+    refusal,
+    socket_owner,
+)
+from .socket_limits import (
+    BURST,
+    CLOSE_FALLING_BEHIND,
+    CLOSE_TOO_MANY,
+    MAX_FRAME_BYTES,
+    MAX_SOCKETS_PER_USER,
+    MAX_UNSENT_BYTES,
+    FrameRate,
+    frame_too_large,
+    inbound_backlog,
+    read_in_small_pieces,
+    resume_reading,
+    stop_reading,
+    unsent_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-
-
-def origin_allowed(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether the handshake's Origin names an allowed host (any port), as a same-site page would."""
-    host = urlparse(header(headers, b"origin") or "").hostname
-    return bool(host) and validate_host(host, settings.ALLOWED_HOSTS)
+# Like HTTP 500: the server failed this socket; the client reconnects (Daphne refuses 1011 from an
+# application).
+CLOSE_SERVER_ERROR = 4500
 
 
 @lru_cache(maxsize=4096)
@@ -64,14 +88,67 @@ def rows_html(full_list: list[dict], codes: list[str] | None = None) -> dict[str
     }
 
 
+def parsed_request(text: str | None) -> dict | str:
+    """The client's message, or what is wrong with it."""
+    if text is None:
+        return 'Expected a JSON object with a "type".'
+    try:
+        request = json.loads(text)
+    except ValueError:
+        return "Invalid JSON."
+    except RecursionError:  # json's C scanner recurses once per nesting level
+        return "Nested too deeply."
+    if not isinstance(request, dict) or "type" not in request:
+        return 'Expected a JSON object with a "type".'
+    return request
+
+
+def checked_snapshot(credential: Credential, account_id: int) -> tuple[int | None, dict | None]:
+    """(close code, None) when the socket may no longer follow the account, else (None, its snapshot;
+    None when the account is gone). One self-contained read, for a resync."""
+    code = refusal(credential, account_id)
+    return (code, None) if code is not None else (None, snapshot_of_account(account_id))
+
+
 class WatchlistConsumer(AsyncWebsocketConsumer):
     # No channel of its own: the process's Fanout hands it the events of its account (fanout.py).
     channel_layer_alias = None
-    # The id only: an open socket holds no model instance (bench/memory.py).
+    # Ids only: an open socket holds no model instance (bench/memory.py).
     account_id: int | None = None
+    user_id: int | None = None
+    credential: Credential | None = None
     joined = False
     # Events that arrive while a snapshot is being read wait here and follow the snapshot.
     held: list[dict] | None = None
+    frames: FrameRate | None = None
+    # A resync's snapshot being read (further resyncs fold into it), and a check after a revocation.
+    snapshot_task: asyncio.Task | None = None
+    check_task: asyncio.Task | None = None
+    check_wanted = False
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.backlog = partial(inbound_backlog, receive)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.leave()
+
+    async def dispatch(self, message: dict) -> None:
+        # Not Channels' own, which runs close_old_connections on the sync thread before every frame
+        # (this consumer's reads are database_sync_to_async calls, which do that in their thread) and
+        # lets a handler's exception end the consumer: Daphne logs it and drops the socket with 1011.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            logger.warning("socket account=%s: no handler for %s", self.account_id, message["type"])
+            return
+        try:
+            await handler(message)
+        except StopConsumer:
+            raise
+        except Exception:
+            logger.exception("socket user=%s account=%s: handling %s failed", self.user_id, self.account_id,
+                             message["type"])
+            await self.fail()
 
     async def connect(self) -> None:
         # Accepted at once, before any read: Daphne drops a handshake not accepted within 5 s, and in
@@ -79,53 +156,125 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         # its retry added more (1,000 sockets at once: most never served). Refusals are close codes
         # the client sees after the accept (a refused handshake shows none).
         await self.accept()
+        # Nothing a client sends before its snapshot is worth reading meanwhile.
+        stop_reading(self.base_send)
+        read_in_small_pieces(self.base_send)
         headers = self.scope["headers"]
         params = parse_qs(self.scope["query_string"].decode("latin-1"), keep_blank_values=True)
         self.render_html = params.get("render") == ["html"]
         requested = params.get("account", [None])[0]
         owner = await database_sync_to_async(socket_owner, thread_sensitive=False)(headers, requested)
-        if not owner.user.is_authenticated:
+        if owner.credential is None:
             return await self.refuse(CLOSE_UNAUTHENTICATED, "not authenticated")
-        if not owner.by_token and not origin_allowed(headers):
+        if not owner.by_token and not origin_allowed(self.scope):
             return await self.refuse(CLOSE_FORBIDDEN, f"session socket of user={owner.user.pk} from a foreign Origin")
         if owner.account_id is None:
             return await self.refuse(CLOSE_FORBIDDEN, f"user={owner.user.pk} asked for account={requested!r}")
-        self.account_id = owner.account_id
+        fanout = process_fanout()
+        # No await between this count and the join below, which counts the socket at once.
+        if fanout.sockets_of_user(owner.user.pk) >= MAX_SOCKETS_PER_USER:
+            return await self.refuse(CLOSE_TOO_MANY, f"user={owner.user.pk} holds {MAX_SOCKETS_PER_USER} sockets here")
+        self.user_id, self.credential, self.account_id = owner.user.pk, owner.credential, owner.account_id
+        self.frames = FrameRate()
 
         # Join before reading the snapshot, so no change committed after the read is missed
         # (one committed before it arrives with a version the client already has, and is ignored).
         self.held = []
-        await process_fanout().join(self.account_id, self)
+        await fanout.join(self.account_id, self)
         self.joined = True
-        await self.send_snapshot()
-        logger.debug("socket open user=%s account=%s", owner.user.pk, self.account_id)
+        await self.send_snapshot(check_first=False)
+        if not self.closed:
+            resume_reading(self.base_send)
+        logger.debug("socket open user=%s account=%s", self.user_id, self.account_id)
 
     async def refuse(self, code: int, why: str) -> None:
-        logger.info("socket refused (%s): %s", code, why)
+        logger.info("socket closed (%s): %s", code, why)
         await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
+        await self.leave()
+
+    async def leave(self) -> None:
+        """Out of the fan-out, nothing more read for it; safe to repeat."""
+        for task in (self.snapshot_task, self.check_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        self.held = None
         if self.joined:
+            self.joined = False
             await process_fanout().leave(self.account_id, self)
+
+    async def fail(self) -> None:
+        await self.leave()
+        await self.close(code=CLOSE_SERVER_ERROR)
+
+    async def end(self, code: int, why: str) -> None:
+        """Out of the fan-out first, then closed: once the client sees the close, nothing is left here."""
+        await self.leave()
+        await self.refuse(code, why)
 
     # --- client -> server
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not self.joined:  # a refused socket, between its close frame and the disconnect
+        if not self.joined or self.closed:  # a refused socket, between its close frame and the disconnect
             return
-        try:
-            request = json.loads(text_data) if text_data is not None else None
-        except ValueError:
-            return await self.send_error("Invalid JSON.")
-        kind = request.get("type") if isinstance(request, dict) else None
+        # Frames already waiting count too: a client that sent thousands while its socket connected
+        # is a flood whatever the time they took to be read here.
+        if not self.frames.admit() or self.backlog() > BURST:
+            stop_reading(self.base_send)
+            await self.send_error("Too many messages: slow down.")
+            return await self.refuse(CLOSE_TOO_MANY, f"user={self.user_id} account={self.account_id} flooding")
+        if frame_too_large(text_data, bytes_data):
+            await self.send_error(f"A message may be at most {MAX_FRAME_BYTES} bytes.")
+            return await self.refuse(CLOSE_TOO_MANY, f"user={self.user_id} account={self.account_id} frame too large")
+        request = parsed_request(text_data)
+        if isinstance(request, str):
+            return await self.send_error(request)
+        kind = request["type"]
         if kind == "ping":
             await self.send_json({"type": "pong", "timestamp": int(time.time())})
         elif kind == "resync":
-            await self.send_snapshot()
-        elif kind is None:
-            await self.send_error('Expected a JSON object with a "type".')
+            if self.snapshot_task is None:
+                self.snapshot_task = asyncio.create_task(self.resync(), name="watchlist resync")
         else:
             await self.send_error(f"Unknown message type: {str(kind)[:40]!r}.")
+
+    async def resync(self) -> None:
+        """Off the receive loop, so that the frames the client sends meanwhile are metered as they come
+        and resyncs fold into this one instead of piling up behind it."""
+        try:
+            await self.send_snapshot(check_first=True)
+        except Exception:
+            logger.exception("socket user=%s account=%s: resync failed", self.user_id, self.account_id)
+            await self.fail()
+        finally:
+            self.snapshot_task = None
+
+    # --- revocations (watchlist/socket_revocation.py, through fanout.py)
+
+    async def revoke(self, event: dict) -> None:
+        if self.closed or self.credential is None:
+            return
+        if event.get("session") is not None and event["session"] == self.credential.session_fingerprint:
+            return await self.end(CLOSE_UNAUTHENTICATED, f"user={self.user_id}: its session ended")
+        # One check at a time, and one more after it when a revocation came meanwhile: the check in
+        # flight may have read before that change committed.
+        self.check_wanted = True
+        if self.check_task is None:
+            self.check_task = asyncio.create_task(self.check_again(), name="watchlist socket check")
+
+    async def check_again(self) -> None:
+        try:
+            while self.check_wanted and not self.closed:
+                self.check_wanted = False
+                code = await database_sync_to_async(refusal, thread_sensitive=False)(self.credential, self.account_id)
+                if code is not None:
+                    await self.end(code, f"user={self.user_id} account={self.account_id} revoked")
+        except Exception:
+            logger.exception("socket user=%s account=%s: checking again failed", self.user_id, self.account_id)
+            await self.fail()
+        finally:
+            self.check_task = None
 
     # --- group events (watchlist/events.py, through fanout.py) -> client, one handler per type
 
@@ -169,18 +318,32 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
             await super().close(code=code, reason=reason)
 
     async def send(self, text_data=None, bytes_data=None, close=False) -> None:
-        if not self.closed:
-            await super().send(text_data, bytes_data, close)
+        if self.closed:
+            return
+        unsent = unsent_bytes(self.base_send)
+        if unsent is not None and unsent > MAX_UNSENT_BYTES:
+            # Its leave() follows from the disconnect: this may run in the fan-out's own reader.
+            return await self.refuse(
+                CLOSE_FALLING_BEHIND, f"user={self.user_id} account={self.account_id} {unsent} bytes unread"
+            )
+        await super().send(text_data, bytes_data, close)
 
     # --- helpers
 
-    async def send_snapshot(self) -> None:
+    async def send_snapshot(self, *, check_first: bool) -> None:
         if self.held is None:
             self.held = []
-        snapshot = await database_sync_to_async(snapshot_of_account, thread_sensitive=False)(self.account_id)
-        if snapshot is None:
-            logger.info("socket closed: account=%s no longer exists", self.account_id)
-            return await self.close(code=CLOSE_FORBIDDEN)
+        if check_first:
+            code, snapshot = await database_sync_to_async(checked_snapshot, thread_sensitive=False)(
+                self.credential, self.account_id
+            )
+        else:
+            code, snapshot = None, await database_sync_to_async(snapshot_of_account, thread_sensitive=False)(
+                self.account_id
+            )
+        if code is not None or snapshot is None:
+            return await self.end(code or CLOSE_FORBIDDEN, f"user={self.user_id} account={self.account_id} "
+                                  f"{'no longer allowed' if code else 'no longer exists'}")
         message = {"type": "watchlist_snapshot", **snapshot}
         if self.render_html:
             message["rows_html"] = rows_html(snapshot["full_list"])

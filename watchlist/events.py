@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 
 # Every process's fan-out (watchlist/fanout.py) is in it: price updates go there, in batches.
 PRICES_GROUP = "prices"
+# Every process's fan-out is in it too: "check the sockets of this user (or account) again".
+REVOCATIONS_GROUP = "socket-revocations"
 
 
 def watchlist_group(account_id: int) -> str:
@@ -72,3 +74,15 @@ async def broadcast_price_updates(updates: Iterable[tuple[Iterable[int], dict]])
     to every process (the price feed runs in an event loop and flushes many codes together)."""
     batch = [{"accounts": list(account_ids), "message": message} for account_ids, message in updates]
     await get_channel_layer().group_send(PRICES_GROUP, {"type": "price.updates", "updates": batch})
+
+
+def send_socket_revocation(*, user_id: int | None = None, account_id: int | None = None,
+                           session: str | None = None) -> None:
+    """Every process checks again the sockets of `user_id` (or of `account_id`) and closes those no
+    longer allowed; `session` (a fingerprint, socket_auth.session_fingerprint) names a session that
+    ended, whose sockets close without a check (the session may not be gone from the store yet)."""
+    async_to_sync(get_channel_layer().group_send)(
+        REVOCATIONS_GROUP,
+        {"type": "sockets.revoke", "user": user_id, "account": account_id, "session": session},
+    )
+    logger.info("socket revocation user=%s account=%s session=%s", user_id, account_id, bool(session))

@@ -6,6 +6,9 @@ loop and encoded to JSON by each socket: 1,000 sockets got a tick 0.4-0.8 s afte
 (bench/fanout.py). Here each process (each event loop) has one `Fanout`. It joins the group of
 every account with a socket in the process, and the prices group; for each event it reads, it
 encodes the message to JSON once and hands it to the sockets of the accounts it is for, in order.
+It is also in the revocations group: a revocation (watchlist/socket_revocation.py) names a user or
+an account, and the Fanout hands it to that user's or account's sockets here, which check themselves
+again. It counts each user's sockets here (the per-process cap, watchlist/socket_limits.py).
 
 A socket joins with its account before it reads its snapshot (watchlist/consumers.py holds what
 arrives meanwhile until the snapshot is sent). The group of an account is left when its last socket
@@ -31,7 +34,7 @@ from typing import Protocol
 
 from channels.layers import get_channel_layer
 
-from .events import PRICES_GROUP, watchlist_group
+from .events import PRICES_GROUP, REVOCATIONS_GROUP, watchlist_group
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,11 @@ PROBE_EVERY = 5.0  # seconds
 
 
 class Socket(Protocol):
+    user_id: int
+
     async def deliver(self, event: dict) -> None: ...
+
+    async def revoke(self, event: dict) -> None: ...
 
     async def close(self, code: int | None = None) -> None: ...
 
@@ -60,6 +67,7 @@ class Fanout:
     def __init__(self) -> None:
         self.layer = get_channel_layer()
         self.rooms: dict[int, Room] = {}
+        self.users: dict[int, set[Socket]] = {}
         self.channel: str | None = None
         self._reader: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
@@ -68,7 +76,9 @@ class Fanout:
         self._lifecycle = asyncio.Lock()
 
     async def join(self, account_id: int, socket: Socket) -> None:
-        """From when this returns, every event for the account reaches the socket."""
+        """From when this returns, every event for the account reaches the socket. The socket counts
+        among its user's at once (before the first await: a count read just before is still true)."""
+        self.users.setdefault(socket.user_id, set()).add(socket)
         room = self.rooms.setdefault(account_id, Room())
         room.sockets.add(socket)
         try:
@@ -82,6 +92,7 @@ class Fanout:
             raise
 
     async def leave(self, account_id: int, socket: Socket) -> None:
+        self._forget_user_socket(socket)
         room = self.rooms.get(account_id)
         if room is None or socket not in room.sockets:
             return
@@ -94,6 +105,16 @@ class Fanout:
             del self.rooms[account_id]
         if not self.rooms:
             await self._stop()
+
+    def sockets_of_user(self, user_id: int) -> int:
+        return len(self.users.get(user_id, ()))
+
+    def _forget_user_socket(self, socket: Socket) -> None:
+        sockets = self.users.get(socket.user_id)
+        if sockets is not None:
+            sockets.discard(socket)
+            if not sockets:
+                del self.users[socket.user_id]
 
     async def _start(self) -> None:
         async with self._lifecycle:
@@ -149,7 +170,7 @@ class Fanout:
 
     def _own_groups(self) -> list[str]:
         """The groups the process's channel is in whatever its sockets: prices and its probe."""
-        return [PRICES_GROUP, self._probe_group]
+        return [PRICES_GROUP, REVOCATIONS_GROUP, self._probe_group]
 
     async def _join_again(self, channel: str) -> None:
         for group in self._own_groups():
@@ -162,6 +183,7 @@ class Fanout:
     async def _close_every_socket(self) -> None:
         """Forget every socket and close it: its client reconnects, to a Fanout started afresh."""
         rooms, self.rooms, self._reader, self._watcher = self.rooms, {}, None, None
+        self.users = {}
         # A socket joining meanwhile starts a new channel and probe group: these are the old ones.
         groups = [*self._own_groups(), *(watchlist_group(a) for a, room in rooms.items() if room.member)]
         channel = self.channel
@@ -192,8 +214,22 @@ class Fanout:
                 rooms = [self.rooms[a] for a in update["accounts"] if a in self.rooms]
                 if rooms:
                     await self._hand(rooms, {"type": "price.update", **encoded(update["message"])})
+        elif event["type"] == "sockets.revoke":
+            await self._revoke(event)
         elif room := self.rooms.get(event["account"]):
             await self._hand([room], {"type": event["type"], **encoded(event["message"])})
+
+    async def _revoke(self, event: dict) -> None:
+        if event.get("user") is not None:
+            sockets = set(self.users.get(event["user"], ()))
+        else:
+            room = self.rooms.get(event["account"])
+            sockets = set(room.sockets) if room else set()
+        for socket in sockets:
+            try:
+                await socket.revoke(event)
+            except Exception:
+                logger.exception("fan-out: a socket failed to take a revocation")
 
     @staticmethod
     async def _hand(rooms: list[Room], event: dict) -> None:

@@ -24,6 +24,12 @@ const WS_MESSAGE_TYPES = Object.freeze({
 
 const CLOSE_UNAUTHENTICATED = 4401;
 const CLOSE_FORBIDDEN = 4403;
+// Closed for sending too much (or holding too many sockets), and for reading too slowly: both
+// reconnect, and the snapshot every connection starts with is the resync.
+const CLOSE_TOO_MANY = 4429;
+const CLOSE_FALLING_BEHIND = 4408;
+// A socket closed for too many waits as after this many failures (3-6 s), not at once.
+const TOO_MANY_ATTEMPTS = 3;
 
 // --- listeners: every message from the server goes through notifyListeners ---------------------
 
@@ -271,6 +277,7 @@ function createConnection({
       onState({ state: "refused", code });
       return;
     }
+    if (code === CLOSE_TOO_MANY) attempt = Math.max(attempt, TOO_MANY_ATTEMPTS);
     const delayMs = backoffDelay(attempt, random, backoff);
     attempt += 1;
     onState({ state: "waiting", delayMs, attempt });
@@ -324,7 +331,7 @@ function createConnection({
 
 if (typeof module !== "undefined" && module.exports) {
   module.exports = {
-    WS_MESSAGE_TYPES, CLOSE_UNAUTHENTICATED, CLOSE_FORBIDDEN,
+    WS_MESSAGE_TYPES, CLOSE_UNAUTHENTICATED, CLOSE_FORBIDDEN, CLOSE_TOO_MANY, CLOSE_FALLING_BEHIND,
     addListener, notifyListeners, classifyVersion, insertionIndex, planChanges, sameCodes, backoffDelay,
     formatGrouped, formatKrw, formatSignedKrw, formatSignedRate, direction, formatChange, clockKst, agoKo,
     syncStatusText, syncLooksStale, listStateText, valuation, createConnection,

@@ -22,6 +22,7 @@ from watchlist.services import WatchlistService
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+HOST = b"127.0.0.1:8000"
 SAME_SITE = b"http://127.0.0.1:8000"
 TIMEOUT = 10
 
@@ -60,7 +61,7 @@ def broker():
 def session_headers(user, origin: bytes | None = SAME_SITE) -> list[tuple[bytes, bytes]]:
     client = Client()
     client.force_login(user)
-    headers = [(b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())]
+    headers = [(b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()), (b"host", HOST)]
     if origin is not None:
         headers.append((b"origin", origin))
     return headers
@@ -322,13 +323,35 @@ async def test_another_users_or_an_unknown_account_is_refused_with_4403(
         assert await refusal_code(socket_to(f"/ws/watchlist/?{query}", headers=headers)) == 4403, query
 
 
-async def test_a_session_socket_needs_an_origin_of_an_allowed_host(user, account, socket_to):
-    for origin in [b"https://evil.example", b"http://127.0.0.1.evil.example", b"null", None]:
+async def test_a_session_socket_needs_its_own_or_a_trusted_origin_by_scheme_host_and_port(
+    user, account, socket_to, settings
+):
+    settings.CSRF_TRUSTED_ORIGINS = ["https://watch.example.com", "https://*.trusted.example"]
+    for origin in [
+        b"https://evil.example",
+        b"http://127.0.0.1.evil.example",
+        b"null",
+        None,
+        b"http://127.0.0.1:54321",  # another port of the same host: another origin
+        b"http://127.0.0.1",
+        b"https://127.0.0.1:8000",
+        b"http://localhost:8000",
+        b"http://watch.example.com",
+        b"https://watch.example.com:8443",
+        b"https://trusted.example.evil.example",
+    ]:
         headers = await database_sync_to_async(session_headers)(user, origin)
         assert await refusal_code(socket_to(headers=headers)) == 4403, origin
-    for origin in [b"http://localhost:8000", b"http://127.0.0.1:54321"]:
+    for origin in [SAME_SITE, b"https://watch.example.com", b"https://app.trusted.example"]:
         headers = await database_sync_to_async(session_headers)(user, origin)
         await connected(socket_to(headers=headers))
+
+
+async def test_behind_a_tls_proxy_the_own_origin_is_https(user, account, socket_to, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    headers = await database_sync_to_async(session_headers)(user, b"https://127.0.0.1:8000")
+    assert await refusal_code(socket_to(headers=headers)) == 4403, "no X-Forwarded-Proto: a plain-HTTP page"
+    await connected(socket_to(headers=[*headers, (b"x-forwarded-proto", b"https")]))
 
 
 async def test_a_token_socket_needs_no_origin(user, account, socket_to):

@@ -223,6 +223,20 @@ test("a dropped socket reconnects with growing delays, forever, and says so", ()
   assert.deepEqual(states.filter((s) => s.state === "waiting").map((s) => s.attempt).slice(0, 3), [1, 2, 3]);
 });
 
+test("closed for falling behind: reconnects soon and takes the new snapshot; for too many: waits longer", () => {
+  const { timers, sockets, states, messages } = connect();
+  sockets[0].open(); sockets[0].deliver({ type: "watchlist_snapshot", version: 3 });
+  sockets[0].drop(wl.CLOSE_FALLING_BEHIND);
+  timers.advance(60000);
+  sockets[1].open(); sockets[1].deliver({ type: "watchlist_snapshot", version: 9 });
+  sockets[1].drop(wl.CLOSE_TOO_MANY);
+  timers.advance(60000);
+  assert.equal(sockets.length, 3, "reconnected both times");
+  const waits = states.filter((s) => s.state === "waiting").map((s) => s.delayMs);
+  assert.deepEqual(waits, [750, 6000]);
+  assert.deepEqual(messages.map(([, data]) => data.version), [3, 9], "the reconnection's snapshot is the resync");
+});
+
 test("a delivered message resets the backoff; an accept-then-drop does not", () => {
   const { timers, sockets, states } = connect();
   sockets[0].open(); sockets[0].drop(); timers.advance(60000);
