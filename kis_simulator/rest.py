@@ -51,7 +51,11 @@ BALANCE_QUERY = (
     "CTX_AREA_FK100",
     "CTX_AREA_NK100",
 )
-ORDER_BODY = ("CANO", "ACNT_PRDT_CD", "PDNO", "ORD_DVSN", "ORD_QTY", "ORD_UNPR")
+ORDER_BODY = ("CANO", "ACNT_PRDT_CD", "PDNO", "ORD_DVSN", "ORD_QTY", "ORD_UNPR", "EXCG_ID_DVSN_CD")
+# examples_llm/domestic_stock/order_cash/order_cash.py: the exchange is required ("KRX"); a sell's
+# type is 01 plain, 02 discretionary, 05 lent-stock sale, and may be left empty.
+EXCHANGES = ("KRX", "NXT", "SOR")
+SELL_TYPES = ("", "01", "02", "05")
 ORDER_ACCEPTED = {
     ("paper", "buy"): ("40600000", "모의투자 매수주문이 완료 되었습니다."),
     ("paper", "sell"): ("40590000", "모의투자 매도주문이 완료 되었습니다."),
@@ -356,6 +360,10 @@ async def order_cash(request: web.Request) -> web.Response:
         raise invalid_field("PDNO")
     if body["ORD_DVSN"] not in ("00", "01"):
         raise invalid_field("ORD_DVSN")
+    if body["EXCG_ID_DVSN_CD"] not in EXCHANGES:
+        raise invalid_field("EXCG_ID_DVSN_CD")
+    if body.get("SLL_TYPE", "") not in SELL_TYPES:
+        raise invalid_field("SLL_TYPE")
     qty, unit_price = whole_number(body, "ORD_QTY"), whole_number(body, "ORD_UNPR")
     if qty == 0:
         raise Rejection("APBK0904", "주문수량을 확인하여 주십시오.")

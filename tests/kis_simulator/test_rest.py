@@ -55,7 +55,7 @@ class Wire:
         return self.http.get(BALANCE, params=query, headers=self.headers(tr_id, tr_cont=tr_cont))
 
     def order(
-        self, cano: str, code: str, qty: int, price: int | None = None, tr_id: str = "VTTC0012U"
+        self, cano: str, code: str, qty: int, price: int | None = None, tr_id: str = "VTTC0012U", **extra
     ) -> dict:
         body = {
             "CANO": cano,
@@ -64,7 +64,9 @@ class Wire:
             "ORD_DVSN": "01" if price is None else "00",
             "ORD_QTY": str(qty),
             "ORD_UNPR": str(price or 0),
+            "EXCG_ID_DVSN_CD": "KRX",
         }
+        body = {name: value for name, value in (body | extra).items() if value is not None}
         return self.http.post(ORDER, json=body, headers=self.headers(tr_id)).json()
 
     def price(self, code: str) -> httpx.Response:
@@ -153,6 +155,18 @@ def test_environment_and_input_checks(simulator, wire):
     assert (missing.json()["rt_cd"], missing.json()["msg_cd"]) == ("2", "OPSQ2001")
     bad_account = wire.balance("5012345X").json()
     assert (bad_account["rt_cd"], bad_account["msg_cd"]) == ("2", "OPSQ2000")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("EXCG_ID_DVSN_CD", None), ("EXCG_ID_DVSN_CD", "NYSE"), ("SLL_TYPE", "99")]
+)
+def test_an_order_needs_its_exchange_and_a_known_sell_type(simulator, wire, field, value):
+    """order_cash.py: EXCG_ID_DVSN_CD is required (KRX); SLL_TYPE is 01, 02, 05 or empty."""
+    answer = wire.order("50123456", "005930", 1, **{field: value})
+    assert (answer["rt_cd"], answer["msg_cd"], answer["msg1"]) == (
+        "2", "OPSQ2001", f"ERROR : INPUT INVALID_CHECK_{field}"
+    )
+    assert simulator.orders("50123456") == []
 
 
 @pytest.mark.parametrize("inqr_dvsn", ["02", "00", ""])
