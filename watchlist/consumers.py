@@ -28,6 +28,7 @@ from django.http.request import validate_host
 from django.template.loader import render_to_string
 
 from .fanout import process_fanout
+from .metrics import OPEN_SOCKETS
 from .selectors import snapshot_of_account
 from .socket_auth import header, socket_owner
 
@@ -74,6 +75,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
     held: list[dict] | None = None
 
     async def connect(self) -> None:
+        OPEN_SOCKETS.inc()  # from the handshake to the disconnect, which every handshake ends with
         # Accepted at once, before any read: Daphne drops a handshake not accepted within 5 s, and in
         # a reconnect storm the reads below queue up, so every dropped handshake's work was wasted and
         # its retry added more (1,000 sockets at once: most never served). Refusals are close codes
@@ -105,6 +107,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
+        OPEN_SOCKETS.dec()
         if self.joined:
             await process_fanout().leave(self.account_id, self)
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import pandas as pd
@@ -52,6 +52,7 @@ from trading.models import BrokerAccount
 from . import events, jobs
 from .diff import ItemState, WatchlistDiff, diff_items, holdings_from_balance
 from .locks import account_lock, sync_in_progress
+from .metrics import SYNC_OUTCOMES
 from .models import PendingTrade, SyncState, Watchlist, WatchlistChange, WatchlistItem
 from .selectors import full_list, sync_status_dict
 
@@ -372,15 +373,18 @@ def sync_and_record(account: BrokerAccount, broker: Broker | None = None) -> Syn
     try:
         result = WatchlistService(account, broker).sync_with_account()
     except BrokerError as exc:
+        SYNC_OUTCOMES.labels("failed", exc.reason).inc()
         record_sync_outcome(account.id, exc)
         raise
+    SYNC_OUTCOMES.labels("skipped" if result.skipped else "ok", "").inc()
     if not result.skipped:
         record_sync_outcome(account.id)
     return result
 
 
-def claim_due_syncs(now: datetime | None = None) -> list[int]:
-    """Ids of the accounts whose sync is due (or never ran), each pushed out by the queue lease.
+def claim_due_syncs(now: datetime | None = None) -> dict[int, datetime | None]:
+    """The accounts whose sync is due (or never ran), each pushed out by the queue lease: account id ->
+    when it was due (None: never scheduled).
 
     The lease is one sync interval: a queued task can be lost with its queue (Redis restarted
     without persistence) or its worker (SIGKILL: Redis redelivers it only after the visibility
@@ -392,12 +396,23 @@ def claim_due_syncs(now: datetime | None = None) -> list[int]:
     never_synced = BrokerAccount.objects.filter(sync_state__isnull=True).values_list("id", flat=True)
     SyncState.objects.bulk_create([SyncState(account_id=account_id) for account_id in never_synced],
                                   ignore_conflicts=True)
-    # One UPDATE claims and reports at once, so two dispatchers never queue the same account.
+    # One UPDATE claims and reports at once, so two dispatchers never queue the same account; the
+    # locked sub-select hands back each row's due time from before the claim.
+    table = SyncState._meta.db_table
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {SyncState._meta.db_table} SET next_attempt_at = %s "
-            "WHERE next_attempt_at IS NULL OR next_attempt_at <= %s RETURNING account_id",
+            f"UPDATE {table} SET next_attempt_at = %s FROM (SELECT id, next_attempt_at AS due_at FROM {table} "
+            f"WHERE next_attempt_at IS NULL OR next_attempt_at <= %s{lock}) AS due "
+            f"WHERE {table}.id = due.id RETURNING {table}.account_id, due.due_at",
             [connection.ops.adapt_datetimefield_value(now + lease),
              connection.ops.adapt_datetimefield_value(now)],
         )
-        return [account_id for (account_id,) in cursor.fetchall()]
+        return {account_id: _datetime_from_db(value) for account_id, value in cursor.fetchall()}
+
+
+def _datetime_from_db(value: datetime | str | None) -> datetime | None:
+    """PostgreSQL's driver returns an aware datetime; SQLite (development) its UTC text."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)

@@ -31,6 +31,7 @@ import pandas as pd
 from django.conf import settings
 from django.core.cache import cache
 
+from ..metrics import RATE_LIMIT_WAIT, counts_broker_calls
 from ..redis import redis_client
 from .base import (
     KST,
@@ -401,6 +402,7 @@ class KoreaInvestService:
             token = self.token.refresh(self._issue_token, stale=token)
             return self._send(method, path, tr_id, token, **request)
 
+    @counts_broker_calls
     def _send(
         self,
         method: str,
@@ -509,5 +511,6 @@ class KoreaInvestService:
         )
         if wait_us < 0:
             raise RateLimited(f"more than {MAX_RATE_WAIT:g}s of calls are already queued for this app key")
+        RATE_LIMIT_WAIT.observe(wait_us / 1_000_000)
         if wait_us:
             time.sleep(wait_us / 1_000_000)
