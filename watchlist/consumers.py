@@ -55,6 +55,17 @@ def render_row(item: dict) -> str:
     return _render_row(tuple(item.items()))
 
 
+@lru_cache(maxsize=256)
+def _render_totals(totals_fields: tuple | None) -> str:
+    totals = dict(totals_fields) if totals_fields is not None else None
+    return render_to_string("watchlist/_totals.html", {"totals": totals})
+
+
+def totals_html(totals: dict | None) -> str:
+    """The page's totals block, cached by content like the rows."""
+    return _render_totals(tuple(totals.items()) if totals is not None else None)
+
+
 def rows_html(full_list: list[dict], codes: list[str] | None = None) -> dict[str, str]:
     """stock code -> row HTML, for `codes` (every item when None)."""
     wanted = None if codes is None else set(codes)
@@ -148,6 +159,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
             message = {
                 **message,
                 "rows_html": rows_html(message["full_list"], changes["added"] + changes["updated"]),
+                "totals_html": totals_html(message.get("totals")),
             }
             await self.send_json(message)
         else:
@@ -187,6 +199,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         message = {"type": "watchlist_snapshot", **snapshot}
         if self.render_html:
             message["rows_html"] = rows_html(snapshot["full_list"])
+            message["totals_html"] = totals_html(snapshot["totals"])
         await self.send_json(message)
         # What arrived meanwhile follows, in order; a change the snapshot already has carries a version
         # the client has, and is ignored.

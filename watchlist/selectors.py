@@ -37,6 +37,16 @@ def full_list(watchlist: Watchlist) -> list[dict]:
     return [item_to_dict(item) for item in watchlist.items.order_by("stock_code")]
 
 
+def totals_dict(watchlist: Watchlist) -> dict | None:
+    """The account's totals as the broker last reported them (KIS balance output2), with the P&L rate
+    on the purchase amount (KIS gives the sum of P&L, not its rate); None until a read had them."""
+    totals = watchlist.totals
+    if not totals:
+        return None
+    purchase = totals["purchase"]
+    return {**totals, "pnl_rate": round(totals["pnl"] * 100 / purchase, 2) if purchase else 0.0}
+
+
 def sync_status_dict(state: SyncState | None) -> dict:
     if state is None:
         state = SyncState()
@@ -54,7 +64,7 @@ def account_dict(account: BrokerAccount) -> dict:
 
 
 def watchlist_snapshot(account: BrokerAccount) -> dict:
-    """The contract's snapshot: account, version, timestamp, full_list, sync."""
+    """The contract's snapshot: account, version, timestamp, full_list, totals, sync."""
     watchlist, _ = Watchlist.objects.get_or_create(account=account)
     state = SyncState.objects.filter(account=account).first()
     return {
@@ -62,6 +72,7 @@ def watchlist_snapshot(account: BrokerAccount) -> dict:
         "version": watchlist.version,
         "timestamp": int(time.time()),
         "full_list": full_list(watchlist),
+        "totals": totals_dict(watchlist),
         "sync": sync_status_dict(state),
     }
 

@@ -54,7 +54,7 @@ from .diff import ItemState, WatchlistDiff, diff_items, holdings_from_balance
 from .locks import account_lock, sync_in_progress
 from .metrics import SYNC_OUTCOMES
 from .models import PendingTrade, SyncState, Watchlist, WatchlistChange, WatchlistItem
-from .selectors import full_list, sync_status_dict
+from .selectors import full_list, sync_status_dict, totals_dict
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +208,7 @@ class WatchlistService:
             open_intents = watchlist.pending_trades.filter(resolved_at__isnull=True).order_by("id")
             plan = reconcile(stored, holding_stocks, open_intents, read_mark=read_mark, now=now, grace=grace)
             changes = diff_items(stored, plan.target)
+            self._save_totals(watchlist, account_df.attrs.get("totals"))
             version = self._save_changes(watchlist, items, plan.target, changes,
                                          cause=WatchlistChange.Cause.SYNC, note=plan.note(grace))
             _resolve(plan.confirmed, PendingTrade.Resolution.CONFIRMED, now)
@@ -256,6 +257,14 @@ class WatchlistService:
         return Watchlist.objects.get_or_create(account=self.account)[0]
 
     @staticmethod
+    def _save_totals(watchlist: Watchlist, totals: dict | None) -> None:
+        """Keep the broker's totals of the read (None: it gave none readable; the last ones stay). Sent
+        with the next change, and shown by every snapshot."""
+        if totals is not None and totals != watchlist.totals:
+            Watchlist.objects.filter(pk=watchlist.pk).update(totals=totals)
+            watchlist.totals = totals
+
+    @staticmethod
     def _newest_intent_id(watchlist: Watchlist) -> int:
         return watchlist.pending_trades.order_by("-id").values_list("id", flat=True).first() or 0
 
@@ -298,7 +307,8 @@ class WatchlistService:
 
     def _broadcast_watchlist_change(self, watchlist: Watchlist, changes: WatchlistDiff, version: int) -> None:
         """Runs on commit, still under the account lock: the list read here is exactly `version`."""
-        message = events.watchlist_changed_message(changes.as_dict(), full_list(watchlist), version)
+        message = events.watchlist_changed_message(changes.as_dict(), full_list(watchlist), version,
+                                                   totals_dict(watchlist))
         events.send_watchlist_changed(self.account.id, message)
 
 

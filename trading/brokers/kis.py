@@ -76,6 +76,14 @@ ERRORS_BY_MSG_CD: dict[str, type[BrokerError]] = {
     "EGW00103": AuthenticationFailed,
     "EGW00105": AuthenticationFailed,
 }
+# Balance output2 (the account summary) -> the totals the page shows (contract "totals").
+TOTALS_FIELDS = {
+    "total_eval": "tot_evlu_amt",  # 총평가금액: deposit plus securities at market
+    "purchase": "pchs_amt_smtl_amt",  # 매입금액합계금액
+    "eval_amount": "evlu_amt_smtl_amt",  # 평가금액합계금액: the securities at market
+    "pnl": "evlu_pfls_smtl_amt",  # 평가손익합계금액
+    "deposit": "dnca_tot_amt",  # 예수금총금액
+}
 MORE_PAGES = ("F", "M")  # the answer's tr_cont while pages follow; D or E on the last
 
 READ_ATTEMPTS = 3
@@ -172,6 +180,19 @@ def position_of(row: object) -> dict | None:
         "pnl": int_field(row, "evlu_pfls_amt"),
         "pnl_rate": float_field(row, "evlu_pfls_rt"),
     }
+
+
+def totals_of(body: dict) -> dict[str, int] | None:
+    """The account's totals from the last balance page's output2 (None when it has none readable):
+    they are extra information, so a missing or malformed one never fails a sync."""
+    summary = body.get("output2")
+    summary = summary[0] if isinstance(summary, list) and summary else summary
+    if not isinstance(summary, dict):
+        return None
+    try:
+        return {name: int_field(summary, field) for name, field in TOTALS_FIELDS.items()}
+    except BadBrokerResponse:
+        return None
 
 
 def error_for(msg_cd: str, message: str) -> BrokerError | None:
@@ -315,7 +336,9 @@ class KoreaInvestService:
             positions.extend(p for p in map(position_of, rows) if p)
             if headers.get("tr_cont", "").strip() not in MORE_PAGES:
                 logger.debug("balance of %s: %d positions on %d pages", self.label, len(positions), page)
-                return balance_frame(positions)
+                frame = balance_frame(positions)
+                frame.attrs["totals"] = totals_of(body)
+                return frame
             next_key = body.get("ctx_area_nk100")
             if not isinstance(next_key, str) or not next_key.strip():
                 raise BadBrokerResponse("balance answer says more pages follow but gives no ctx_area_nk100")
