@@ -1,7 +1,7 @@
 import os
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -19,3 +19,11 @@ def close_old_connections(**kwargs) -> None:
     from django.db import close_old_connections as close_django_connections
 
     close_django_connections()
+
+
+@worker_init.connect
+def serve_worker_metrics(**kwargs) -> None:
+    """The worker's metrics on METRICS_PORT (docs/OPERATIONS.md: one port per worker process)."""
+    from watchlist.metrics import serve_metrics
+
+    serve_metrics("Celery worker")

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.logs.request_id_middleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -222,6 +223,10 @@ WATCHLIST_BACKOFF_MAX = int(os.environ.get("WATCHLIST_BACKOFF_MAX", "120"))
 WATCHLIST_PENDING_GRACE = int(os.environ.get("WATCHLIST_PENDING_GRACE", "60"))
 WATCHLIST_LOCK_TIMEOUT = int(os.environ.get("WATCHLIST_LOCK_TIMEOUT", "30"))
 
+# /readyz: a heartbeat older than this means the process stopped working (watchlist/health.py).
+READY_BEAT_MAX_AGE = float(os.environ.get("READY_BEAT_MAX_AGE", "20"))
+READY_PRICE_FEED_MAX_AGE = float(os.environ.get("READY_PRICE_FEED_MAX_AGE", "20"))
+
 KIS_SIMULATOR_URL = os.environ.get("KIS_SIMULATOR_URL", "http://127.0.0.1:8765")
 KIS_BASE_URL = os.environ.get("KIS_BASE_URL", KIS_SIMULATOR_URL)
 KIS_TIMEOUT = float(os.environ.get("KIS_TIMEOUT", "5"))
@@ -281,6 +286,8 @@ SPECTACULAR_SETTINGS = {
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # The load balancer and the scraper call the servers directly, over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "31536000"))
@@ -290,11 +297,19 @@ if not DEBUG:
     SECURE_REFERRER_POLICY = "same-origin"
     X_FRAME_OPTIONS = "DENY"
 
+# LOG_FORMAT=json: one JSON object a line with the context fields (config/logs.py); else plain text.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain")
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f'LOG_FORMAT must be "plain" or "json", not {LOG_FORMAT!r}')
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "config.logs.JsonFormatter"},
+    },
+    "filters": {"channel_layer_drops": {"()": "watchlist.metrics.ChannelLayerDropCounter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "httpx": {"level": "WARNING"},
@@ -305,5 +320,7 @@ LOGGING = {
         "celery.app.trace": {"level": "WARNING"},
         "celery.worker.strategy": {"level": "WARNING"},
         "celery.beat": {"level": "WARNING"},
+        # At INFO whatever LOG_LEVEL: its "over capacity" line is the count of dropped messages.
+        "channels_redis.core": {"level": "INFO", "filters": ["channel_layer_drops"]},
     },
 }

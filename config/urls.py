@@ -1,10 +1,14 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
 
+from config import ops
 from config.exceptions import api_not_found
 from watchlist.apis import ThrottledLoginView
 
 urlpatterns = [
+    path("healthz", ops.healthz, name="healthz"),
+    path("readyz", ops.readyz, name="readyz"),
+    path("metrics", ops.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),

@@ -27,6 +27,7 @@ from .brokers.base import (
     OrderRejected,
     Side,
 )
+from .metrics import counts_order_outcomes
 from .models import BrokerAccount, IdempotencyKey, Order
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def _exceeds_orderable(exc: OrderRejected) -> bool:
     return exc.msg_cd in EXCEEDS_ORDERABLE_CODES or "주문가능수량" in exc.message.replace(" ", "")
 
 
+@counts_order_outcomes
 def place_order(*, account: BrokerAccount, stock_code: str, side: Side, qty: int, price: int | None,
                 broker: Broker | None = None) -> OrderResult:
     """Send one validated cash order (market when `price` is None) and record it as an `Order`.

@@ -1,4 +1,5 @@
-"""The admin: watchlists with their items, the change history, sync state and pending trades.
+"""The admin: watchlists with their items, the change history, sync state (with a health overview above
+its list) and pending trades.
 
 Everything here is read-only: the watchlist is written by watchlist.services (and its prices by the
 price feed), and an edit made in the admin would bypass its version and its broadcast. "Sync now" queues the same task the
@@ -10,6 +11,7 @@ from django.db.models import Count, QuerySet
 
 from .jobs import request_sync
 from .models import PendingTrade, SyncState, Watchlist, WatchlistChange, WatchlistItem
+from .selectors import sync_health
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -113,6 +115,10 @@ class SyncStateAdmin(ReadOnlyAdmin):
     list_select_related = ["account"]
     list_filter = ["consecutive_failures", "account"]
     actions = [sync_now]
+
+    def changelist_view(self, request, extra_context=None):
+        """Above the list, the overview an operator looks for first (templates/admin/.../change_list.html)."""
+        return super().changelist_view(request, {**(extra_context or {}), "sync_health": sync_health()})
 
     @admin.display(description="status")
     def status(self, state: SyncState) -> str:

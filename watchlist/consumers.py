@@ -35,6 +35,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
 from .fanout import process_fanout
+from .metrics import OPEN_SOCKETS
 from .selectors import snapshot_of_account
 from .socket_auth import (
     CLOSE_FORBIDDEN,
@@ -76,6 +77,17 @@ def render_row(item: dict) -> str:
     """The page's row template for one item. Cached by content: every socket of a process that
     forwards the same message (or snapshot) reuses one rendering."""
     return _render_row(tuple(item.items()))
+
+
+@lru_cache(maxsize=256)
+def _render_totals(totals_fields: tuple | None) -> str:
+    totals = dict(totals_fields) if totals_fields is not None else None
+    return render_to_string("watchlist/_totals.html", {"totals": totals})
+
+
+def totals_html(totals: dict | None) -> str:
+    """The page's totals block, cached by content like the rows."""
+    return _render_totals(tuple(totals.items()) if totals is not None else None)
 
 
 def rows_html(full_list: list[dict], codes: list[str] | None = None) -> dict[str, str]:
@@ -128,9 +140,11 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
 
     async def __call__(self, scope, receive, send) -> None:
         self.backlog = partial(inbound_backlog, receive)
+        OPEN_SOCKETS.inc()
         try:
             await super().__call__(scope, receive, send)
         finally:
+            OPEN_SOCKETS.dec()
             await self.leave()
 
     async def dispatch(self, message: dict) -> None:
@@ -294,6 +308,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
             message = {
                 **message,
                 "rows_html": rows_html(message["full_list"], changes["added"] + changes["updated"]),
+                "totals_html": totals_html(message.get("totals")),
             }
             await self.send_json(message)
         else:
@@ -347,6 +362,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         message = {"type": "watchlist_snapshot", **snapshot}
         if self.render_html:
             message["rows_html"] = rows_html(snapshot["full_list"])
+            message["totals_html"] = totals_html(snapshot["totals"])
         await self.send_json(message)
         # What arrived meanwhile follows, in order; a change the snapshot already has carries a version
         # the client has, and is ignored.

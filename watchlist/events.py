@@ -30,11 +30,14 @@ def _send(account_id: int, event_type: str, message: dict) -> None:
     )
 
 
-def watchlist_changed_message(changes: dict[str, list[str]], full_list: list[dict], version: int) -> dict:
+def watchlist_changed_message(changes: dict[str, list[str]], full_list: list[dict], version: int,
+                              totals: dict | None = None) -> dict:
+    """`totals`: the account's totals (selectors.totals_dict), None while unknown."""
     return {
         "type": "watchlist_changed",
         "changes": {key: list(changes.get(key, [])) for key in ("added", "removed", "updated")},
         "full_list": full_list,
+        "totals": totals,
         "version": version,
         "timestamp": int(time.time()),
     }

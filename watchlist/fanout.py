@@ -35,6 +35,7 @@ from typing import Protocol
 from channels.layers import get_channel_layer
 
 from .events import PRICES_GROUP, REVOCATIONS_GROUP, watchlist_group
+from .metrics import FANOUT_DELIVERY
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,9 @@ class Fanout:
     async def _read(self, channel: str) -> None:
         try:
             while True:
-                await self._deliver(await self.layer.receive(channel))
+                event = await self.layer.receive(channel)
+                with FANOUT_DELIVERY.labels(event["type"]).time():
+                    await self._deliver(event)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -9,6 +9,10 @@ class Watchlist(models.Model):
 
     account = models.OneToOneField(BrokerAccount, on_delete=models.CASCADE, related_name="watchlist")
     version = models.PositiveIntegerField(default=0)
+    totals = models.JSONField(
+        null=True, blank=True,
+        help_text="The account's totals as the broker reported them at the last sync (selectors.totals_dict).",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

@@ -77,7 +77,7 @@ from trading.brokers.realtime import (
 )
 from trading.models import BrokerAccount
 
-from . import events, jobs
+from . import events, health, jobs, metrics
 from .models import SyncState, WatchlistItem
 from .selectors import sync_status_dict
 
@@ -304,6 +304,9 @@ class PriceFeed:
 
     async def refresh(self) -> None:
         self.apply(await database_sync_to_async(load_watch_state)())
+        metrics.PRICE_SUBSCRIPTIONS.set(len(self.state.watchers) - len(self.unstreamed))
+        metrics.PRICE_UNSTREAMED.set(len(self.unstreamed))
+        await asyncio.to_thread(health.record_heartbeat, health.PRICE_FEED)
         errors = self.realtime_problems()
         if errors != self.realtime_errors:
             await database_sync_to_async(record_realtime_errors)(errors, self.realtime_errors)
@@ -439,6 +442,7 @@ class PriceFeed:
         key = (url, tick.stock_code)
         if key not in self.state.watchers:
             return  # a trade that crossed our unregistration
+        metrics.PRICE_TICKS.inc()
         self._latest[key] = tick
         self._waiting.add(key)
         self._unstored[url][tick.stock_code] = tick.price

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Count, Min, Q
 
 from trading.models import BrokerAccount
 from trading.services import AccountNotFound, user_account
@@ -24,6 +28,16 @@ def full_list(watchlist: Watchlist) -> list[dict]:
     return [item_to_dict(item) for item in watchlist.items.order_by("stock_code")]
 
 
+def totals_dict(watchlist: Watchlist) -> dict | None:
+    """The account's totals as the broker last reported them (KIS balance output2), with the P&L rate
+    on the purchase amount (KIS gives the sum of P&L, not its rate); None until a read had them."""
+    totals = watchlist.totals
+    if not totals:
+        return None
+    purchase = totals["purchase"]
+    return {**totals, "pnl_rate": round(totals["pnl"] * 100 / purchase, 2) if purchase else 0.0}
+
+
 def sync_status_dict(state: SyncState | None) -> dict:
     if state is None:
         state = SyncState()
@@ -42,7 +56,7 @@ def account_dict(account: BrokerAccount) -> dict:
 
 
 def watchlist_snapshot(account: BrokerAccount) -> dict:
-    """The contract's snapshot: account, version, timestamp, full_list, sync."""
+    """The contract's snapshot: account, version, timestamp, full_list, totals, sync."""
     watchlist, _ = Watchlist.objects.get_or_create(account=account)
     state = SyncState.objects.filter(account=account).first()
     return {
@@ -50,6 +64,7 @@ def watchlist_snapshot(account: BrokerAccount) -> dict:
         "version": watchlist.version,
         "timestamp": int(time.time()),
         "full_list": full_list(watchlist),
+        "totals": totals_dict(watchlist),
         "sync": sync_status_dict(state),
     }
 
@@ -69,3 +84,32 @@ def account_from_param(user, account_param: str | None) -> BrokerAccount | None:
         return user_account(user=user, account_id=account_id)
     except AccountNotFound:
         return None
+
+
+@dataclass(frozen=True)
+class SyncHealth:
+    accounts_by_state: dict[str, int]  # "ok", "failing", "never" -> number of accounts
+    oldest_success: datetime | None
+    failing: list[SyncState]  # with their account, most failures first
+
+
+def sync_health(failing_limit: int = 50) -> SyncHealth:
+    """Every account's sync state at a glance: the admin's overview and the metrics."""
+    counts = SyncState.objects.aggregate(
+        failing=Count("id", filter=Q(consecutive_failures__gt=0)),
+        ok=Count("id", filter=Q(consecutive_failures=0, last_success_at__isnull=False)),
+        never_synced=Count("id", filter=Q(consecutive_failures=0, last_success_at__isnull=True)),
+        oldest_success=Min("last_success_at"),
+    )
+    without_state = BrokerAccount.objects.filter(sync_state__isnull=True).count()
+    failing = list(
+        SyncState.objects.filter(consecutive_failures__gt=0).select_related("account")
+        .defer("account__app_key", "account__app_secret")
+        .order_by("-consecutive_failures", "last_success_at")[:failing_limit]
+    )
+    return SyncHealth(
+        accounts_by_state={"ok": counts["ok"], "failing": counts["failing"],
+                           "never": counts["never_synced"] + without_state},
+        oldest_success=counts["oldest_success"],
+        failing=failing,
+    )

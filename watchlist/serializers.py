@@ -86,6 +86,17 @@ class SyncStatusSerializer(serializers.Serializer):
     realtime_error = serializers.CharField(allow_blank=True)
 
 
+class TotalsSerializer(serializers.Serializer):
+    """The account's totals as the broker reported them at the last sync (KIS balance output2)."""
+
+    total_eval = serializers.IntegerField(help_text="Deposit plus the securities at market (tot_evlu_amt).")
+    purchase = serializers.IntegerField(help_text="Purchase amount of the holdings (pchs_amt_smtl_amt).")
+    eval_amount = serializers.IntegerField(help_text="The holdings at market (evlu_amt_smtl_amt).")
+    pnl = serializers.IntegerField(help_text="Unrealised P&L (evlu_pfls_smtl_amt).")
+    pnl_rate = serializers.FloatField(help_text="pnl / purchase in percent, 2 decimals.")
+    deposit = serializers.IntegerField(help_text="Cash deposit (dnca_tot_amt).")
+
+
 class SnapshotSerializer(serializers.Serializer):
     """watchlist.selectors.watchlist_snapshot(), the shape the WebSocket sends too."""
 
@@ -93,6 +104,7 @@ class SnapshotSerializer(serializers.Serializer):
     version = serializers.IntegerField()
     timestamp = serializers.IntegerField(help_text="Unix seconds.")
     full_list = ItemSerializer(many=True)
+    totals = TotalsSerializer(allow_null=True, help_text="null until a sync read them.")
     sync = SyncStatusSerializer()
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 from django.conf import settings
@@ -53,8 +53,9 @@ from trading.models import BrokerAccount
 from . import events, jobs
 from .diff import ITEM_FIELDS, ItemState, WatchlistDiff, diff_items, holdings_from_balance
 from .locks import account_lock, sync_in_progress
+from .metrics import SYNC_OUTCOMES
 from .models import PendingTrade, SyncState, Watchlist, WatchlistChange, WatchlistItem
-from .selectors import full_list, sync_status_dict
+from .selectors import full_list, sync_status_dict, totals_dict
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ class WatchlistService:
             open_intents = watchlist.pending_trades.filter(resolved_at__isnull=True).order_by("id")
             plan = reconcile(stored, holding_stocks, open_intents, read_mark=read_mark, now=now, grace=grace)
             changes = diff_items(stored, plan.target)
+            self._save_totals(watchlist, account_df.attrs.get("totals"))
             version = self._save_changes(watchlist, items, plan.target, changes,
                                          cause=WatchlistChange.Cause.SYNC, note=plan.note(grace))
             _resolve(plan.confirmed, PendingTrade.Resolution.CONFIRMED, now)
@@ -241,6 +243,14 @@ class WatchlistService:
         return Watchlist.objects.get_or_create(account=self.account)[0]
 
     @staticmethod
+    def _save_totals(watchlist: Watchlist, totals: dict | None) -> None:
+        """Keep the broker's totals of the read (None: it gave none readable; the last ones stay). Sent
+        with the next change, and shown by every snapshot."""
+        if totals is not None and totals != watchlist.totals:
+            Watchlist.objects.filter(pk=watchlist.pk).update(totals=totals)
+            watchlist.totals = totals
+
+    @staticmethod
     def _newest_intent_id(watchlist: Watchlist) -> int:
         return watchlist.pending_trades.order_by("-id").values_list("id", flat=True).first() or 0
 
@@ -283,7 +293,8 @@ class WatchlistService:
 
     def _broadcast_watchlist_change(self, watchlist: Watchlist, changes: WatchlistDiff, version: int) -> None:
         """Runs on commit, still under the account lock: the list read here is exactly `version`."""
-        message = events.watchlist_changed_message(changes.as_dict(), full_list(watchlist), version)
+        message = events.watchlist_changed_message(changes.as_dict(), full_list(watchlist), version,
+                                                   totals_dict(watchlist))
         events.send_watchlist_changed(self.account.id, message)
 
 
@@ -357,15 +368,18 @@ def sync_and_record(account: BrokerAccount, broker: Broker | None = None) -> Syn
     try:
         result = WatchlistService(account, broker).sync_with_account()
     except BrokerError as exc:
+        SYNC_OUTCOMES.labels("failed", exc.reason).inc()
         record_sync_outcome(account.id, exc)
         raise
+    SYNC_OUTCOMES.labels("skipped" if result.skipped else "ok", "").inc()
     if not result.skipped:
         record_sync_outcome(account.id)
     return result
 
 
-def claim_due_syncs(now: datetime | None = None) -> list[int]:
-    """Ids of the accounts whose sync is due (or never ran), each pushed out by the queue lease.
+def claim_due_syncs(now: datetime | None = None) -> dict[int, datetime | None]:
+    """The accounts whose sync is due (or never ran), each pushed out by the queue lease: account id ->
+    when it was due (None: never scheduled).
 
     The lease is one sync interval: a queued task can be lost with its queue (Redis restarted
     without persistence) or its worker (SIGKILL: Redis redelivers it only after the visibility
@@ -377,12 +391,23 @@ def claim_due_syncs(now: datetime | None = None) -> list[int]:
     never_synced = BrokerAccount.objects.filter(sync_state__isnull=True).values_list("id", flat=True)
     SyncState.objects.bulk_create([SyncState(account_id=account_id) for account_id in never_synced],
                                   ignore_conflicts=True)
-    # One UPDATE claims and reports at once, so two dispatchers never queue the same account.
+    # One UPDATE claims and reports at once, so two dispatchers never queue the same account; the
+    # locked sub-select hands back each row's due time from before the claim.
+    table = SyncState._meta.db_table
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {SyncState._meta.db_table} SET next_attempt_at = %s "
-            "WHERE next_attempt_at IS NULL OR next_attempt_at <= %s RETURNING account_id",
+            f"UPDATE {table} SET next_attempt_at = %s FROM (SELECT id, next_attempt_at AS due_at FROM {table} "
+            f"WHERE next_attempt_at IS NULL OR next_attempt_at <= %s{lock}) AS due "
+            f"WHERE {table}.id = due.id RETURNING {table}.account_id, due.due_at",
             [connection.ops.adapt_datetimefield_value(now + lease),
              connection.ops.adapt_datetimefield_value(now)],
         )
-        return [account_id for (account_id,) in cursor.fetchall()]
+        return {account_id: _datetime_from_db(value) for account_id, value in cursor.fetchall()}
+
+
+def _datetime_from_db(value: datetime | str | None) -> datetime | None:
+    """PostgreSQL's driver returns an aware datetime; SQLite (development) its UTC text."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)

@@ -9,6 +9,7 @@ account only delays itself (its own backoff), and the work spreads over all work
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import shared_task
 from django.conf import settings
@@ -16,14 +17,19 @@ from django.conf import settings
 from trading.brokers.base import BrokerError
 from trading.models import BrokerAccount
 
+from . import health
 from .jobs import SYNC_ACCOUNT
+from .metrics import SYNC_LATENESS
 from .services import claim_due_syncs, sync_and_record
 
 logger = logging.getLogger(__name__)
 
 
 @shared_task(name=SYNC_ACCOUNT, ignore_result=True)
-def sync_account(account_id: int) -> None:
+def sync_account(account_id: int, due_at: float | None = None) -> None:
+    """`due_at`: when the dispatcher found the account due (unix time), for the lateness metric."""
+    if due_at is not None:
+        SYNC_LATENESS.observe(max(0.0, time.time() - due_at))
     account = BrokerAccount.objects.filter(pk=account_id).first()
     if account is None:
         logger.info("sync of account=%s dropped: the account no longer exists", account_id)
@@ -36,11 +42,13 @@ def sync_account(account_id: int) -> None:
 
 @shared_task(name="watchlist.tasks.dispatch_due_syncs", ignore_result=True)
 def dispatch_due_syncs() -> int:
-    account_ids = claim_due_syncs()
-    for account_id in account_ids:
+    due = claim_due_syncs()
+    for account_id, due_at in due.items():
         # A task not started within the lease is dropped unrun: its account is queued again by then,
         # so a backlog never holds two live syncs of one account.
-        sync_account.apply_async((account_id,), expires=settings.WATCHLIST_SYNC_INTERVAL)
-    if account_ids:
-        logger.info("queued %d account syncs", len(account_ids))
-    return len(account_ids)
+        sync_account.apply_async((account_id,), {"due_at": due_at and due_at.timestamp()},
+                                 expires=settings.WATCHLIST_SYNC_INTERVAL)
+    if due:
+        logger.info("queued %d account syncs", len(due))
+    health.record_heartbeat(health.BEAT)
+    return len(due)

@@ -372,6 +372,17 @@ function startWatchlistPage(doc, win) {
     win.setTimeout(() => row.classList.remove("flash"), 1600);
   }
 
+  // The totals block as the server rendered it (templates/watchlist/_totals.html); flashed when it changed.
+  function renderTotals(html, { highlight }) {
+    const current = doc.getElementById("account-totals");
+    if (html === undefined || !current || current.outerHTML === html.trim()) return;
+    const template = doc.createElement("template");
+    template.innerHTML = html.trim();
+    const totals = template.content.firstElementChild;
+    current.replaceWith(totals);
+    if (highlight) flash(totals);
+  }
+
   function renderSync() {
     syncLine.textContent = syncStatusText(state.sync, Date.now() / 1000);
     syncLine.className = `sync sync--${state.sync.status}`;
@@ -390,6 +401,7 @@ function startWatchlistPage(doc, win) {
     state.version = message.version;
     if (message.sync) state.sync = message.sync;
     tbody.replaceChildren(...message.full_list.map((item) => rowFromHtml(message.rows_html[item.stock_code])));
+    renderTotals(message.totals_html, { highlight: false });
     app.dataset.version = String(message.version);
     renderSync();
   });
@@ -413,6 +425,7 @@ function startWatchlistPage(doc, win) {
       else tbody.insertBefore(row, before === null ? null : rowOf(before));
       flash(row);
     }
+    renderTotals(message.totals_html, { highlight: true });
     state.version = message.version;
     app.dataset.version = String(message.version);
     renderSync();

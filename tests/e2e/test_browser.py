@@ -209,3 +209,26 @@ def test_a_missed_change_makes_the_page_redraw_from_a_snapshot(live, browser, pa
     expect(page.locator("#watchlist-rows tr")).to_have_count(2)
     assert codes_on(page) == ["000660", "005380"]
     assert page.evaluate("window.loadedOnce") is True
+
+
+def test_the_account_totals_follow_a_buy_without_a_reload(live, browser, page_errors, sim_account):
+    in_thread(sync_account, sim_account.id)  # the account's totals are known before the page opens
+    page = signed_in_page(browser, live, page_errors)
+    totals = page.locator("#account-totals")
+    before = in_thread(watchlist_snapshot, sim_account)["totals"]
+    expect(totals.locator('[data-field="purchase"]')).to_have_text("0원")
+    expect(totals.locator('[data-field="deposit"]')).to_have_text(f"{before['deposit']:,}원")
+
+    order(page, "buy", "005930", 3)
+
+    # The reconciling sync reads the new totals and its change carries them to the page.
+    expect(totals.locator('[data-field="purchase"]')).not_to_have_text("0원", timeout=LIVE_TIMEOUT_MS)
+    after = in_thread(watchlist_snapshot, sim_account)["totals"]
+    assert after["purchase"] > 0 and after["deposit"] < before["deposit"]
+    expect(totals.locator('[data-field="purchase"]')).to_have_text(f"{after['purchase']:,}원")
+    expect(totals.locator('[data-field="total_eval"]')).to_have_text(f"{after['total_eval']:,}원")
+    expect(totals.locator('[data-field="deposit"]')).to_have_text(f"{after['deposit']:,}원")
+    expect(totals.locator('[data-field="pnl_rate"]')).to_have_text(re.compile(r"^[+-]?\d+\.\d\d%$"))
+    expect(page.locator(".totals.flash")).to_have_count(0)
+    screenshot(page, "watchlist-totals-after-buy")
+    assert page.evaluate("window.loadedOnce") is True, "the page was never reloaded"

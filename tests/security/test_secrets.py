@@ -14,6 +14,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 
+from config.logs import JsonFormatter
 from tests.fixtures.simulator import DEMO_CANO
 from tests.fixtures.trade import token_client
 from trading.brokers.kis import KoreaInvestService
@@ -29,10 +30,13 @@ APP_SECRET = "canarySecret/7Q2xL9mWv4Rk8Tn3Hs6Jd1Fg5Zb+Yc0Pe2Ua9Ix4Oq7Lw3Nt8Mr6K
 MISTYPED_KEYS = {"50123457": APP_KEY[:-4] + "nl0\n", "50123458": APP_KEY[:-4] + "한글0"}
 
 
-@pytest.fixture(autouse=True)
-def everything_logged(caplog, redis_client):
-    """The most an operator can turn on (LOG_LEVEL=DEBUG): the root at DEBUG, libraries as configured."""
+@pytest.fixture(autouse=True, params=["plain", "json"])
+def everything_logged(request, caplog, redis_client):
+    """The most an operator can turn on (LOG_LEVEL=DEBUG): the root at DEBUG, libraries as configured,
+    in either LOG_FORMAT."""
     caplog.set_level(logging.DEBUG)
+    if request.param == "json":
+        caplog.handler.setFormatter(JsonFormatter())
 
 
 @pytest.fixture

@@ -387,7 +387,7 @@ def test_watchlist_snapshot(api, synced):
         response = api.get(path)
         assert response.status_code == 200
         body = response.json()
-        assert set(body) == {"account", "version", "timestamp", "full_list", "sync"}
+        assert set(body) == {"account", "version", "timestamp", "full_list", "totals", "sync"}
         assert body["account"] == {"id": synced.id, "name": synced.display_name, "number": "50123456-01"}
         assert [item["stock_code"] for item in body["full_list"]] == ["000660", "005930"]
         assert body["sync"]["status"] == "ok"

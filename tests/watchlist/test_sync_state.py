@@ -98,20 +98,20 @@ def test_the_dispatcher_claims_due_and_new_accounts_once(user, make_account):
     SyncState.objects.create(account=due, next_attempt_at=now - timedelta(seconds=1))
     SyncState.objects.create(account=later, next_attempt_at=now + timedelta(seconds=10))
 
-    assert sorted(claim_due_syncs(now)) == sorted([new.id, due.id])
-    assert claim_due_syncs(now) == []  # queued ones are not queued again while they wait
-    assert claim_due_syncs(now + timedelta(seconds=10)) == [later.id]
+    assert claim_due_syncs(now) == {new.id: None, due.id: now - timedelta(seconds=1)}
+    assert claim_due_syncs(now) == {}  # queued ones are not queued again while they wait
+    assert list(claim_due_syncs(now + timedelta(seconds=10))) == [later.id]
     lease = SyncState.objects.get(account=due).next_attempt_at - now
     assert lease == timedelta(seconds=30)  # one interval: a task lost with Redis or its worker delays no more
 
 
 def test_a_recorded_attempt_replaces_the_dispatch_lease(account, django_capture_on_commit_callbacks):
     now = timezone.now()
-    assert claim_due_syncs(now) == [account.id]
+    assert list(claim_due_syncs(now)) == [account.id]
     attempt(account, MemoryBroker(), django_capture_on_commit_callbacks)
     state = SyncState.objects.get(account=account)
     assert state.next_attempt_at - state.last_attempt_at == timedelta(seconds=30)
-    assert claim_due_syncs(state.next_attempt_at) == [account.id]
+    assert list(claim_due_syncs(state.next_attempt_at)) == [account.id]
 
 
 def test_one_failing_account_does_not_delay_another(user, make_account, django_capture_on_commit_callbacks):

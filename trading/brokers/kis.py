@@ -34,6 +34,7 @@ import pandas as pd
 from django.conf import settings
 from django.core.cache import cache
 
+from .metrics import RATE_LIMIT_WAIT, counts_broker_calls
 from ..redis import redis_client
 from .base import (
     KST,
@@ -95,6 +96,14 @@ READ_REFUSALS_BY_MSG_CD: dict[str, type[BrokerError]] = {
     "OPSQ2002": RequestRefused,
 }
 DATA_CHANGED = "SYDB0050"  # a continuation page of a balance that changed since the first page
+# Balance output2 (the account summary) -> the totals the page shows (contract "totals").
+TOTALS_FIELDS = {
+    "total_eval": "tot_evlu_amt",  # 총평가금액: deposit plus securities at market
+    "purchase": "pchs_amt_smtl_amt",  # 매입금액합계금액
+    "eval_amount": "evlu_amt_smtl_amt",  # 평가금액합계금액: the securities at market
+    "pnl": "evlu_pfls_smtl_amt",  # 평가손익합계금액
+    "deposit": "dnca_tot_amt",  # 예수금총금액
+}
 MORE_PAGES = ("F", "M")  # the answer's tr_cont while pages follow; D or E on the last
 
 READ_ATTEMPTS = 3
@@ -272,6 +281,18 @@ def connection_failure(error: httpx.HTTPError) -> str:
     reason = re.sub(r"^\[Errno -?\d+\]\s*", "", str(error)).strip()
     return reason.lower() if reason else type(error).__name__
 
+def totals_of(body: dict) -> dict[str, int] | None:
+    """The account's totals from the last balance page's output2 (None when it has none readable):
+    they are extra information, so a missing or malformed one never fails a sync."""
+    summary = body.get("output2")
+    summary = summary[0] if isinstance(summary, list) and summary else summary
+    if not isinstance(summary, dict):
+        return None
+    try:
+        return {name: int_field(summary, field) for name, field in TOTALS_FIELDS.items()}
+    except BadBrokerResponse:
+        return None
+
 
 def error_for(msg_cd: str, message: str) -> BrokerError | None:
     error_class = ERRORS_BY_MSG_CD.get(msg_cd)
@@ -424,7 +445,8 @@ class KoreaInvestService:
     def get_acct_balance(self) -> pd.DataFrame:
         for attempt in range(1, BALANCE_RESTARTS + 2):
             try:
-                positions = [p for rows in self._balance_pages() for p in map(position_of, rows) if p]
+                pages = list(self._balance_pages())
+                positions = [p for page in pages for p in map(position_of, page["output1"]) if p]
             except BrokerError as error:
                 if error.msg_cd != DATA_CHANGED:
                     raise
@@ -433,19 +455,22 @@ class KoreaInvestService:
                                self.label, attempt, BALANCE_RESTARTS + 1)
                 continue
             try:
-                return balance_frame(one_row_per_stock(positions))
+                frame = balance_frame(one_row_per_stock(positions))
             except OverflowError:
                 raise BadBrokerResponse(f"the balance of {self.label} adds up beyond 64-bit numbers") from None
+            frame.attrs["totals"] = totals_of(pages[-1])
+            return frame
         raise BalanceChangedWhileRead(
             f"the balance of {self.label} changed during each of {BALANCE_RESTARTS + 1} reads", msg_cd=DATA_CHANGED
         )
 
     def count_first_balance_page(self) -> int:
         """Read the first balance page alone: the rows it holds. For checking an account."""
-        return len(next(self._balance_pages()))
+        return len(next(self._balance_pages())["output1"])
 
-    def _balance_pages(self) -> Iterator[list]:
-        """The rows (output1) of each page of one balance read, from the first page on."""
+    def _balance_pages(self) -> Iterator[dict]:
+        """Each page of one balance read, from the first page on: its rows in output1, the account's
+        totals in output2."""
         tr_id = TR_IDS["balance"][self.environment]
         query = {
             "CANO": self.account.account_number,
@@ -468,7 +493,7 @@ class KoreaInvestService:
             rows = body.get("output1")
             if not isinstance(rows, list):
                 raise BadBrokerResponse("balance answer without an output1 list")
-            yield rows
+            yield body
             if headers.get("tr_cont", "").strip() not in MORE_PAGES:
                 logger.debug("balance of %s read in %d pages", self.label, page)
                 return
@@ -571,6 +596,7 @@ class KoreaInvestService:
             token = self.token.refresh(self._issue_token, stale=token)
             return self._send(method, path, tr_id, token, **request)
 
+    @counts_broker_calls
     def _send(
         self,
         method: str,
@@ -681,5 +707,6 @@ class KoreaInvestService:
         )
         if wait_us < 0:
             raise RateLimited(f"more than {MAX_RATE_WAIT:g}s of calls are already queued for this app key")
+        RATE_LIMIT_WAIT.observe(wait_us / 1_000_000)
         if wait_us:
             time.sleep(wait_us / 1_000_000)

@@ -5,6 +5,7 @@ import signal
 
 from django.core.management.base import BaseCommand
 
+from watchlist.metrics import serve_metrics
 from watchlist.prices import PriceFeed
 
 
@@ -24,4 +25,5 @@ class Command(BaseCommand):
     help = "Stream live prices of every watched code, and fill notices, from the KIS real-time feed."
 
     def handle(self, *args, **options):
+        serve_metrics("price feed")
         asyncio.run(run_until_stopped(PriceFeed()))
