@@ -75,9 +75,15 @@ class TradeApi(APIView):
 
     @extend_schema_serializer(component_name="TradeResponse")
     class OutputSerializer(serializers.Serializer):
-        OPTIONAL = ("order_id", "watchlist_version", "broker_code", "errors")
+        OPTIONAL = ("outcome", "order_id", "watchlist_version", "broker_code", "errors")
 
         success = serializers.BooleanField()
+        outcome = serializers.ChoiceField(
+            choices=[outcome.value for outcome in TradeOutcome], required=False,
+            help_text="What became of the order (absent when the request itself was refused). `state_unknown`: "
+                      "it may have reached the broker unconfirmed; a sync follows, and a retry must reuse the "
+                      "Idempotency-Key. `unreachable`: it was certainly not placed.",
+        )
         message = serializers.CharField()
         stock_code = serializers.CharField()
         qty = serializers.IntegerField(allow_null=True)
@@ -157,8 +163,9 @@ def trade_schema(side: Side):
             404: OpenApiResponse(output, description="The account is not one of yours."),
             409: OpenApiResponse(output, description="Sell of more than the account holds, or the same "
                                                      "Idempotency-Key is still in flight."),
-            502: OpenApiResponse(output, description="The broker rejected the order (`broker_code`), could not be "
-                                                     "reached, or timed out (order state unknown; a sync is queued)."),
+            502: OpenApiResponse(output, description="The broker rejected the order (`broker_code`), the order was "
+                                                     "not sent (`unreachable`), or it may have reached the broker "
+                                                     "unconfirmed (`state_unknown`: a sync is queued)."),
             503: OpenApiResponse(output, description="The database is unavailable, or the account stayed busy with "
                                                      "another trade or a sync; nothing was sent."),
         },
