@@ -215,6 +215,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "watchlist.tasks.dispatch_due_syncs",
         "schedule": float(os.environ.get("WATCHLIST_DISPATCH_EVERY", "2")),
     },
+    # Keys live 24 h (trading.services.IDEMPOTENCY_TTL); an hourly purge keeps the table to about a day's.
+    "purge-expired-idempotency-keys": {
+        "task": "trading.tasks.purge_expired_idempotency_keys",
+        "schedule": float(os.environ.get("IDEMPOTENCY_PURGE_EVERY", "3600")),
+    },
 }
 
 # --- Product settings (contract.md, "Settings")

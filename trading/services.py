@@ -121,6 +121,13 @@ def run_once(*, user, key: str, action: Callable[[], dict]) -> dict | None:
     return answer
 
 
+def purge_expired_idempotency_keys() -> int:
+    """Delete the keys older than IDEMPOTENCY_TTL (beat runs this); returns how many went."""
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=timezone.now() - IDEMPOTENCY_TTL).delete()
+    logger.info("purged %d expired idempotency keys", deleted)
+    return deleted
+
+
 def _claim(user, key: str) -> tuple[IdempotencyKey | None, dict | None]:
     """Insert the (user, key) row, or find the existing one and wait for its answer.
 
