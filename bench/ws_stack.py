@@ -81,14 +81,20 @@ def seed_users(count: int, *, base_url: str = "http://127.0.0.1:9", watched: str
                cano_from: int = 80_000_000) -> list[tuple[int, str]]:
     """`count` users with one account each (watching `watched`) and an API token: [(account id, token)]."""
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
+    from knox.models import AuthToken, get_digest_token
+    from knox.settings import CONSTANTS
 
     from trading.models import BrokerAccount
     from watchlist.models import Watchlist, WatchlistItem
 
     User = get_user_model()
     users = User.objects.bulk_create(User(username=f"bench{cano_from + n}", password="!") for n in range(count))
-    tokens = Token.objects.bulk_create(Token(user=user, key=Token.generate_key()) for user in users)
+    digests_and_tokens = [get_digest_token() for _ in users]  # knox stores the digest; the bench keeps the token
+    AuthToken.objects.bulk_create(
+        AuthToken(user=user, digest=digest, token_key=token[:CONSTANTS.TOKEN_KEY_LENGTH])
+        for user, (digest, token) in zip(users, digests_and_tokens, strict=True)
+    )
+    tokens = [token for _, token in digests_and_tokens]
     accounts = BrokerAccount.objects.bulk_create(
         BrokerAccount(owner=user, display_name=f"bench {n}", account_number=str(cano_from + n),
                       base_url=base_url, app_key=f"PSbenchKey{cano_from + n}", app_secret=f"benchSecret{n:06d}")
@@ -101,7 +107,7 @@ def seed_users(count: int, *, base_url: str = "http://127.0.0.1:9", watched: str
                           current_price=72100, eval_amount=721000, pnl=8495, pnl_rate=1.19)
             for watchlist in watchlists
         )
-    return [(account.id, token.key) for account, token in zip(accounts, tokens, strict=True)]
+    return list(zip((account.id for account in accounts), tokens, strict=True))
 
 
 # --- servers -------------------------------------------------------------------------------------

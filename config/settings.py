@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -39,7 +40,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # swagger-ui served locally: /api/docs/ works offline
     "channels",
@@ -215,6 +216,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "watchlist.tasks.dispatch_due_syncs",
         "schedule": float(os.environ.get("WATCHLIST_DISPATCH_EVERY", "2")),
     },
+    # Keys live 24 h (trading.services.IDEMPOTENCY_TTL); an hourly purge keeps the table to about a day's.
+    "purge-expired-idempotency-keys": {
+        "task": "trading.tasks.purge_expired_idempotency_keys",
+        "schedule": float(os.environ.get("IDEMPOTENCY_PURGE_EVERY", "3600")),
+    },
 }
 
 # --- Product settings (contract.md, "Settings")
@@ -259,18 +265,34 @@ FIELD_ENCRYPTION_KEY = _field_encryption_key()
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: its WWW-Authenticate header makes "not authenticated" a 401 (contract), not a 403.
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"auth": os.environ.get("AUTH_THROTTLE_RATE", "20/min")},
+    "DEFAULT_THROTTLE_RATES": {
+        # Password guessing: per (username, address), and per address whatever the name.
+        "auth": os.environ.get("AUTH_THROTTLE_RATE", "20/min"),
+        "auth-address": os.environ.get("AUTH_ADDRESS_THROTTLE_RATE", "60/min"),
+        # Per user and per account: the contract's floor (20 trades a second, 120 a minute, 12 syncs a
+        # minute per account) is the least these may be.
+        "trades-burst": os.environ.get("TRADE_BURST_THROTTLE_RATE", "20/s"),
+        "trades": os.environ.get("TRADE_THROTTLE_RATE", "120/min"),
+        "sync": os.environ.get("SYNC_THROTTLE_RATE", "12/min"),
+    },
     # How many reverse proxies in front append to X-Forwarded-For: throttles count the address the
     # nearest one saw. Left unset, DRF keys on the whole header, which any client can forge to reset
     # its password-guessing limit with every request.
     "NUM_PROXIES": int(os.environ.get("NUM_PROXIES", "0")),
+}
+# API tokens (django-rest-knox): stored as SHA-512 digests, expiring, revoked one by one
+# (POST /api/auth/token/revoke/); sent as `Authorization: Token <token>` as before.
+REST_KNOX = {
+    "AUTH_HEADER_PREFIX": "Token",
+    "TOKEN_TTL": timedelta(hours=float(os.environ.get("API_TOKEN_TTL_HOURS", "24"))),
+    "AUTO_REFRESH": False,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Live Watchlist API",

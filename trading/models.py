@@ -46,17 +46,19 @@ class BrokerAccount(models.Model):
 
 
 class Order(models.Model):
-    """Every order that was sent to the broker, whatever came back: the audit trail of trades."""
+    """Every order sent to the broker, whatever came back: the audit trail of trades. Written (`sending`)
+    before the request leaves, so that an order that may exist always has its row."""
 
     class Side(models.TextChoices):
         BUY = "buy", "buy"
         SELL = "sell", "sell"
 
     class Status(models.TextChoices):
+        SENDING = "sending", "sending (no answer yet)"
         ACCEPTED = "accepted", "accepted"
         REJECTED = "rejected", "rejected by the broker"
-        FAILED = "failed", "broker unreachable"
-        UNKNOWN = "unknown", "state unknown (timeout)"
+        FAILED = "failed", "not placed (never sent or refused by the broker's gateway)"
+        UNKNOWN = "unknown", "state unknown (sent, no answer)"
 
     account = models.ForeignKey(BrokerAccount, on_delete=models.CASCADE, related_name="orders")
     side = models.CharField(max_length=4, choices=Side.choices)

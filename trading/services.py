@@ -1,9 +1,11 @@
 """Placing an order with the broker, once: validate, send, record. Nothing here knows of watchlists.
 
-Money is involved, so two rules shape this module. Nothing invalid reaches the broker (the rules
+Money is involved, so three rules shape this module. Nothing invalid reaches the broker (the rules
 are `trading.brokers.base`'s). An order leaves the process at most once per request and per
 Idempotency-Key: a failed or timed-out order is never retried; the caller has the account re-read
-instead (`OrderResult.needs_reconcile`).
+instead (`OrderResult.needs_reconcile`). And an order is never misreported: its `Order` row exists
+before the request leaves, and it is answered "not placed" only when it certainly was not (it never
+left, or the broker refused it); any other failure leaves its state unknown.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from .brokers.base import (
-    BadBrokerResponse,
+    AuthenticationFailed,
     Broker,
     BrokerError,
-    BrokerTimeout,
-    BrokerUnavailable,
+    NotSent,
     OrderRejected,
+    RateLimited,
     Side,
+    TokenExpired,
+    TokenIssueLimited,
 )
 from .metrics import counts_order_outcomes
 from .models import BrokerAccount, IdempotencyKey, Order
@@ -44,6 +48,9 @@ MAX_ACCOUNT_ID = 2**63 - 1  # the primary key is a bigint: larger ids cannot exi
 # KIS answers a sell above the orderable quantity with one of these codes (they vary by
 # environment and version) and a message naming 주문가능수량.
 EXCEEDS_ORDERABLE_CODES = frozenset({"APBK0400", "APBK0401", "APBK0918"})
+
+# KIS's gateway answers these, with its msg_cd, instead of passing the call on to the order system.
+GATEWAY_REFUSALS = (RateLimited, TokenExpired, TokenIssueLimited, AuthenticationFailed)
 
 
 class AccountNotFound(Exception):
@@ -115,6 +122,13 @@ def run_once(*, user, key: str, action: Callable[[], dict]) -> dict | None:
     return answer
 
 
+def purge_expired_idempotency_keys() -> int:
+    """Delete the keys older than IDEMPOTENCY_TTL (beat runs this); returns how many went."""
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=timezone.now() - IDEMPOTENCY_TTL).delete()
+    logger.info("purged %d expired idempotency keys", deleted)
+    return deleted
+
+
 def _claim(user, key: str) -> tuple[IdempotencyKey | None, dict | None]:
     """Insert the (user, key) row, or find the existing one and wait for its answer.
 
@@ -139,48 +153,57 @@ def _exceeds_orderable(exc: OrderRejected) -> bool:
     return exc.msg_cd in EXCEEDS_ORDERABLE_CODES or "주문가능수량" in exc.message.replace(" ", "")
 
 
+def certainly_not_placed(exc: BrokerError) -> bool:
+    """Whether a failed order cannot exist: it never left, or the broker's gateway turned it away with
+    its code. Anything else (a timeout, a dropped connection, a server error, an answer that cannot be
+    read) may have come after the broker took it."""
+    return isinstance(exc, NotSent | OrderRejected) or (isinstance(exc, GATEWAY_REFUSALS) and bool(exc.msg_cd))
+
+
 @counts_order_outcomes
 def place_order(*, account: BrokerAccount, stock_code: str, side: Side, qty: int, price: int | None,
                 broker: Broker | None = None) -> OrderResult:
-    """Send one validated cash order (market when `price` is None) and record it as an `Order`.
+    """Send one validated cash order (market when `price` is None), recorded as an `Order` first.
 
-    Never raises for what the broker does: every refusal and failure is an OrderResult."""
+    Never raises for what the broker does: every refusal and failure is an OrderResult. Raises
+    DatabaseError when the order cannot be recorded, and then sends nothing."""
     context = f"account={account.id} stock={stock_code} side={side} qty={qty} price={price}"
     if broker is None:
         from .brokers import broker_for  # resolved per call: tests put their broker in its place
 
         broker = broker_for(account)
-    order = Order(account=account, side=side, stock_code=stock_code, qty=qty, price=price)
+    # Written before the request leaves: a crash while it is out leaves a trace of an order that may exist.
+    order = Order.objects.create(account=account, side=side, stock_code=stock_code, qty=qty, price=price,
+                                 status=Order.Status.SENDING)
     try:
         order.order_no = broker.place_order(stock_code, side, qty, price)
     except OrderRejected as exc:
         logger.info("order rejected %s msg_cd=%s message=%s", context, exc.msg_cd, exc.message)
-        _save_order(order, Order.Status.REJECTED, exc)
+        _record(order, Order.Status.REJECTED, exc)
         outcome = TradeOutcome.EXCEEDS_HOLDINGS if _exceeds_orderable(exc) else TradeOutcome.REJECTED
         return OrderResult(outcome, f"The broker rejected the order: {exc.message}", broker_code=exc.msg_cd or None)
-    except (BrokerTimeout, BadBrokerResponse) as exc:
-        logger.warning("order state unknown (%s) %s", exc.reason, context)
-        _save_order(order, Order.Status.UNKNOWN, exc)
+    except BrokerError as exc:
+        if certainly_not_placed(exc):
+            logger.warning("order not placed (%s) %s msg_cd=%s", exc.reason, context, exc.msg_cd)
+            _record(order, Order.Status.FAILED, exc)
+            return OrderResult(TradeOutcome.UNREACHABLE, f"The order was not placed: {exc.message}",
+                               broker_code=exc.msg_cd or None)
+        logger.warning("order state unknown (%s) %s msg_cd=%s", exc.reason, context, exc.msg_cd)
+        _record(order, Order.Status.UNKNOWN, exc)
         return OrderResult(
             TradeOutcome.STATE_UNKNOWN,
-            "The broker did not confirm the order: its state is unknown. It was not retried; "
-            "the watchlist will follow the account at the next sync.",
+            "The broker did not confirm the order: its state is unknown and is being checked with the "
+            "account. It was not retried; the watchlist will follow the account at the next sync.",
             broker_code=exc.msg_cd or None, needs_reconcile=True,
         )
-    except BrokerError as exc:
-        logger.warning("order failed (%s) %s msg_cd=%s", exc.reason, context, exc.msg_cd)
-        _save_order(order, Order.Status.FAILED, exc)
-        return OrderResult(TradeOutcome.UNREACHABLE, f"The order could not be placed with the broker: {exc.message}",
-                           broker_code=exc.msg_cd or None,
-                           # A server error can come after the broker took the order: let the account tell.
-                           needs_reconcile=isinstance(exc, BrokerUnavailable))
     except Exception as exc:
         # An adapter bug after the request left: the order may exist, so never answer as if it did not.
         logger.exception("order state unknown (unexpected error) %s", context)
-        _save_order(order, Order.Status.UNKNOWN, BrokerError(f"unexpected {type(exc).__name__} in the adapter"))
+        _record(order, Order.Status.UNKNOWN, BrokerError(f"unexpected {type(exc).__name__} in the adapter"))
         return OrderResult(TradeOutcome.STATE_UNKNOWN,
-                           "The order's state is unknown after an internal error. It was not retried; the "
-                           "watchlist will follow the account at the next sync.", needs_reconcile=True)
+                           "The order's state is unknown after an internal error and is being checked with "
+                           "the account. It was not retried; the watchlist will follow the account at the "
+                           "next sync.", needs_reconcile=True)
 
     logger.info("order accepted %s order_no=%s", context, order.order_no)
     kind = f"at {price:,} KRW" if price is not None else "at market"
@@ -189,16 +212,20 @@ def place_order(*, account: BrokerAccount, stock_code: str, side: Side, qty: int
         f"The {side} order for {qty:,} of {stock_code} {kind} was accepted (order {order.order_no}).",
         order_no=order.order_no,
     )
-    try:
-        _save_order(order, Order.Status.ACCEPTED)
-    except DatabaseError:
-        logger.exception("accepted order_no=%s not recorded %s", order.order_no, context)
+    if not _record(order, Order.Status.ACCEPTED):
         return replace(accepted, needs_reconcile=True)
     return accepted
 
 
-def _save_order(order: Order, status: Order.Status, error: BrokerError | None = None) -> None:
+def _record(order: Order, status: Order.Status, error: BrokerError | None = None) -> bool:
+    """Store what became of the order; False when the database failed (the row keeps saying `sending`,
+    which is true as far as it knows, and the answer matters more than its copy)."""
     order.status = status
     if error is not None:
-        order.broker_code, order.message = error.msg_cd, error.message
-    order.save()
+        order.broker_code, order.message = error.msg_cd[:16], error.message
+    try:
+        order.save(update_fields=["status", "order_no", "broker_code", "message"])
+    except DatabaseError:
+        logger.exception("order_id=%s not recorded as %s (order_no=%s)", order.id, status, order.order_no or "-")
+        return False
+    return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.views import LoginView
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -17,17 +18,19 @@ from drf_spectacular.utils import (
     extend_schema_serializer,
     extend_schema_view,
 )
+from knox.auth import TokenAuthentication
+from knox.models import AuthToken
 from rest_framework import serializers, status
-from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.exceptions import APIException, ParseError, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
+from rest_framework.throttling import SimpleRateThrottle, UserRateThrottle
 from rest_framework.views import APIView
 
 from trading.brokers.base import STOCK_CODE_PATTERN, BrokerError, Side, stock_code_error
-from trading.services import MAX_ACCOUNT_ID, TradeOutcome, user_account
+from trading.services import MAX_ACCOUNT_ID, AccountNotFound, TradeOutcome, user_account
 
 from .selectors import watchlist_snapshot
 from .serializers import (
@@ -61,11 +64,37 @@ class JSONBodyParser(JSONParser):
             raise ParseError("JSON parse error - nested too deeply.") from None
 
 
+# --- Throttles ----------------------------------------------------------------------------------
+# The contract's floor: never refuse a user below 20 trade requests within a second or 120 within a
+# minute, nor below 12 manual syncs a minute per account. The rates are settings (REST_FRAMEWORK).
+
+class TradeBurstThrottle(UserRateThrottle):
+    scope = "trades-burst"
+
+
+class TradeThrottle(UserRateThrottle):
+    scope = "trades"
+
+
+class AccountSyncThrottle(SimpleRateThrottle):
+    """Manual syncs per account, whichever way the request names it (its id, or none for the first)."""
+
+    scope = "sync"
+
+    def get_cache_key(self, request, view):
+        try:
+            account = requested_account(request)
+        except (ValidationError, AccountNotFound):  # the view answers the same error itself
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": account.id}
+
+
 # --- Trades -------------------------------------------------------------------------------------
 
 class TradeApi(APIView):
     side: Side
     parser_classes = [JSONBodyParser]
+    throttle_classes = (TradeBurstThrottle, TradeThrottle)
 
     @extend_schema_serializer(component_name="TradeRequest")
     class InputSerializer(serializers.Serializer):
@@ -75,9 +104,15 @@ class TradeApi(APIView):
 
     @extend_schema_serializer(component_name="TradeResponse")
     class OutputSerializer(serializers.Serializer):
-        OPTIONAL = ("order_id", "watchlist_version", "broker_code", "errors")
+        OPTIONAL = ("outcome", "order_id", "watchlist_version", "broker_code", "errors")
 
         success = serializers.BooleanField()
+        outcome = serializers.ChoiceField(
+            choices=[outcome.value for outcome in TradeOutcome], required=False,
+            help_text="What became of the order (absent when the request itself was refused). `state_unknown`: "
+                      "it may have reached the broker unconfirmed; a sync follows, and a retry must reuse the "
+                      "Idempotency-Key. `unreachable`: it was certainly not placed.",
+        )
         message = serializers.CharField()
         stock_code = serializers.CharField()
         qty = serializers.IntegerField(allow_null=True)
@@ -157,8 +192,11 @@ def trade_schema(side: Side):
             404: OpenApiResponse(output, description="The account is not one of yours."),
             409: OpenApiResponse(output, description="Sell of more than the account holds, or the same "
                                                      "Idempotency-Key is still in flight."),
-            502: OpenApiResponse(output, description="The broker rejected the order (`broker_code`), could not be "
-                                                     "reached, or timed out (order state unknown; a sync is queued)."),
+            502: OpenApiResponse(output, description="The broker rejected the order (`broker_code`), the order was "
+                                                     "not sent (`unreachable`), or it may have reached the broker "
+                                                     "unconfirmed (`state_unknown`: a sync is queued)."),
+            429: OpenApiResponse(output, description="Too many trade requests (more than 20 a second or 120 a minute); "
+                                                     "`Retry-After` says when to try again. Nothing was sent."),
             503: OpenApiResponse(output, description="The database is unavailable, or the account stayed busy with "
                                                      "another trade or a sync; nothing was sent."),
         },
@@ -215,6 +253,8 @@ class WatchlistApi(APIView):
 
 
 class WatchlistSyncApi(APIView):
+    throttle_classes = (AccountSyncThrottle,)
+
     @extend_schema_serializer(component_name="SyncResponse")
     class OutputSerializer(SnapshotSerializer):
         changes = ChangesSerializer()
@@ -227,6 +267,8 @@ class WatchlistSyncApi(APIView):
         responses={
             200: OutputSerializer,
             **ERROR_RESPONSES,
+            429: OpenApiResponse(ErrorSerializer, description="More than 12 manual syncs of the account a minute; "
+                                                              "`Retry-After` says when to try again."),
             502: OpenApiResponse(ErrorSerializer, description="The broker could not be read; the sync state records it."),
         },
         tags=["watchlist"],
@@ -245,8 +287,18 @@ class WatchlistSyncApi(APIView):
 
 # --- Authentication -----------------------------------------------------------------------------
 
-class UsernameRateThrottle(SimpleRateThrottle):
-    """The "auth" rate per username tried, so guessing one user's password from many addresses is slow too."""
+def login_username(raw: object) -> str | None:
+    """The username as the login form compares it (stripped, NFKC as `normalize_username`), case-folded:
+    every spelling of one name counts against one limit."""
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    return get_user_model().normalize_username(raw.strip()).casefold()
+
+
+class UsernameAddressRateThrottle(SimpleRateThrottle):
+    """The "auth" rate per (username, address): guessing one user's password from one address is slow,
+    and a stranger elsewhere cannot use up the user's own attempts (the wider "auth-address" rate bounds
+    an address trying many names)."""
 
     scope = "auth-username"
 
@@ -255,29 +307,46 @@ class UsernameRateThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request, view):
         data = request.data if isinstance(request, Request) else request.POST
-        username = data.get("username") if isinstance(data, dict) else None
-        if not isinstance(username, str) or not username.strip():
+        username = login_username(data.get("username") if hasattr(data, "get") else None)
+        if username is None:
             return None
         # Hashed: any text may come in, and a cache key must stay short and plain.
-        ident = hashlib.sha256(username.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()
-        return self.cache_format % {"scope": self.scope, "ident": ident}
+        pair = f"{username}\n{self.get_ident(request)}".encode("utf-8", "surrogatepass")
+        return self.cache_format % {"scope": self.scope, "ident": hashlib.sha256(pair).hexdigest()}
 
 
-class AuthTokenApi(ObtainAuthToken):
+class AddressRateThrottle(SimpleRateThrottle):
+    """Every login attempt of one address, whatever the name tried: "auth-address", wider than "auth"
+    so that the users behind one address (an office) do not share one user's limit."""
+
+    scope = "auth-address"
+
+    def get_cache_key(self, request, view):
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+LOGIN_THROTTLES = (AddressRateThrottle, UsernameAddressRateThrottle)
+
+
+class AuthTokenApi(APIView):
+    """A new API token for a username and password. Tokens are stored hashed (knox), expire after
+    REST_KNOX["TOKEN_TTL"] and are revoked one by one (AuthTokenRevokeApi)."""
+
     # No session here: a stale session cookie must not make a token request fail its CSRF check.
     authentication_classes = ()
+    permission_classes = ()
     parser_classes = (FormParser, MultiPartParser, JSONBodyParser)
-    throttle_classes = (ScopedRateThrottle, UsernameRateThrottle)
-    throttle_scope = "auth"
+    throttle_classes = LOGIN_THROTTLES
 
     @extend_schema_serializer(component_name="AuthTokenResponse")
     class OutputSerializer(serializers.Serializer):
-        token = serializers.CharField()
+        token = serializers.CharField(help_text="Send as `Authorization: Token <token>`.")
+        expiry = serializers.DateTimeField(help_text="When the token stops working.")
 
     @extend_schema(
         operation_id="auth_token",
-        summary="Exchange a username and password for an API token (`Authorization: Token <key>`).",
-        request=ObtainAuthToken.serializer_class,
+        summary="Exchange a username and password for an API token (`Authorization: Token <token>`).",
+        request=AuthTokenSerializer,
         responses={
             200: OutputSerializer,
             400: OpenApiResponse(ErrorSerializer, description="Wrong username or password."),
@@ -286,17 +355,36 @@ class AuthTokenApi(ObtainAuthToken):
         auth=[],
         tags=["auth"],
     )
-    def post(self, request, *args, **kwargs):
-        return super().post(request, *args, **kwargs)
+    def post(self, request):
+        credentials = AuthTokenSerializer(data=request.data, context={"request": request})
+        credentials.is_valid(raise_exception=True)
+        token, key = AuthToken.objects.create(user=credentials.validated_data["user"])
+        return Response(self.OutputSerializer({"token": key, "expiry": token.expiry}).data)
+
+
+class AuthTokenRevokeApi(APIView):
+    authentication_classes = (TokenAuthentication,)
+
+    @extend_schema(
+        operation_id="auth_token_revoke",
+        summary="Revoke the API token this request is authenticated by; it stops working at once.",
+        request=None,
+        responses={
+            204: OpenApiResponse(description="Revoked."),
+            401: OpenApiResponse(ErrorSerializer, description="No valid token (missing, expired or revoked)."),
+        },
+        tags=["auth"],
+    )
+    def post(self, request):
+        request.auth.delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ThrottledLoginView(LoginView):
     """Django's login form, with the same limits as the token endpoint on password guessing."""
 
-    throttle_scope = "auth"
-
     def post(self, request, *args, **kwargs):
-        for throttle in (ScopedRateThrottle(), UsernameRateThrottle()):
+        for throttle in (throttle_class() for throttle_class in LOGIN_THROTTLES):
             if not throttle.allow_request(request, self):
                 form = self.get_form()
                 form.add_error(None, "Too many login attempts. Wait a minute and try again.")

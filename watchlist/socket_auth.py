@@ -1,6 +1,6 @@
 """Who a WebSocket belongs to, and which account it follows: one self-contained read per socket.
 
-A socket that presents `Authorization: Token <key>` (DRF authtoken, for scripts) is authenticated
+A socket that presents `Authorization: Token <key>` (an API token, for scripts) is authenticated
 by it alone: a bad token leaves it anonymous, it never falls back to the session. Any other socket
 gets its session's user, checked as Django checks an HTTP request's (`django.contrib.auth.get_user`:
 the backend, the session hash after a password change). Only session sockets need an allowed
@@ -25,11 +25,12 @@ from types import SimpleNamespace
 
 from django.conf import settings
 from django.contrib import auth
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.core.handlers.asgi import ASGIRequest
 from django.http.cookie import parse_cookie
 from django.middleware.csrf import CsrfViewMiddleware
+from knox.auth import TokenAuthentication
+from rest_framework.exceptions import AuthenticationFailed
 
 from .selectors import account_from_param
 
@@ -53,9 +54,12 @@ def token_from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 def user_for_token(key: str):
-    # The user alone: through the token (select_related) it would keep the token in its cache.
-    user = get_user_model().objects.filter(auth_token__key=key).first() if key else None
-    return user if user is not None and user.is_active else AnonymousUser()
+    """The active owner of an unexpired, unrevoked API token, checked as the HTTP API checks it (knox)."""
+    try:
+        user, _ = TokenAuthentication().authenticate_credentials(key.encode())
+    except AuthenticationFailed:
+        return AnonymousUser()
+    return user
 
 
 def session_key_from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:

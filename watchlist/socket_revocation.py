@@ -18,7 +18,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_out
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from trading.models import BrokerAccount
 
@@ -70,6 +70,6 @@ def connect_signals() -> None:
     user_logged_out.connect(on_logout, dispatch_uid="socket_revocation.logout")
     post_save.connect(on_user_saved, sender=user_model, dispatch_uid="socket_revocation.user_saved")
     post_delete.connect(on_user_deleted, sender=user_model, dispatch_uid="socket_revocation.user_deleted")
-    post_delete.connect(on_token_deleted, sender=Token, dispatch_uid="socket_revocation.token_deleted")
+    post_delete.connect(on_token_deleted, sender=AuthToken, dispatch_uid="socket_revocation.token_deleted")
     post_save.connect(on_account_changed, sender=BrokerAccount, dispatch_uid="socket_revocation.account_saved")
     post_delete.connect(on_account_changed, sender=BrokerAccount, dispatch_uid="socket_revocation.account_deleted")

@@ -11,6 +11,7 @@ urlpatterns = [
     re_path(r"^execute-buy/(?P<stock_code>[^/]*)/?$", apis.ExecuteBuyApi.as_view(), name="execute-buy"),
     re_path(r"^execute-sell/(?P<stock_code>[^/]*)/?$", apis.ExecuteSellApi.as_view(), name="execute-sell"),
     re_path(r"^api/auth/token/?$", apis.AuthTokenApi.as_view(), name="api-token"),
+    re_path(r"^api/auth/token/revoke/?$", apis.AuthTokenRevokeApi.as_view(), name="api-token-revoke"),
     re_path(r"^api/watchlist/?$", apis.WatchlistApi.as_view(), name="api-watchlist"),
     re_path(r"^api/watchlist/sync/?$", apis.WatchlistSyncApi.as_view(), name="api-watchlist-sync"),
     re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="api-schema"),

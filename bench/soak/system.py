@@ -120,14 +120,14 @@ class Account:
 
 def create_users_and_accounts(system: System) -> list[Account]:
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
+    from knox.models import AuthToken
 
     from trading.models import BrokerAccount
 
     accounts = []
     for u in range(USERS):
         user = get_user_model().objects.create_user(f"soak{u}", password=f"soak-pass-{u}-xyz")
-        token = Token.objects.create(user=user).key
+        token = AuthToken.objects.create(user=user)[1]
         for a in range(ACCOUNTS_PER_USER):
             cano = f"{61_000_000 + u * 100 + a}"
             system.simulator.configure_account(cano, cash=100_000_000_000)

@@ -329,12 +329,78 @@ function createConnection({
   };
 }
 
+// --- orders: one Idempotency-Key per intended order until its fate is known ---------------------
+
+/** Outcomes after which the order may still exist: its retry must carry the same key. */
+const UNSETTLED_OUTCOMES = new Set(["state_unknown", "key_in_flight"]);
+
+const ORDER_STATE_CHECKING =
+  "주문 결과를 아직 알 수 없어 계좌와 대조해 확인하는 중입니다. 결과는 목록에 반영됩니다. " +
+  "같은 주문을 다시 누르면 새 주문이 아니라 같은 주문의 결과를 확인합니다.";
+
+/**
+ * The keys of intended orders whose fate is not yet known, by intent (side, code, qty, price,
+ * account). A retried click after a network error, a 502 with an unknown state, or any answer that
+ * does not settle the order reuses its key, so it can never become a second order.
+ */
+function createOrderIntents(newKey) {
+  const keys = new Map();
+  const idOf = (intent) => JSON.stringify([intent.side, intent.code, intent.body.qty, intent.body.price ?? null,
+    intent.body.account ?? null]);
+  return {
+    keyFor(intent) {
+      const id = idOf(intent);
+      if (!keys.has(id)) keys.set(id, newKey());
+      return keys.get(id);
+    },
+    settle(intent) { keys.delete(idOf(intent)); },
+    get size() { return keys.size; },
+  };
+}
+
+/**
+ * Whether an answer settles the order (placed, or certainly not): an outcome other than an unknown
+ * state, or a refusal of the request itself (400, 401, 403, 404). Server errors and 429 leave it open.
+ */
+function answerSettlesOrder(status, body) {
+  if (body && typeof body.outcome === "string") return !UNSETTLED_OUTCOMES.has(body.outcome);
+  return status >= 200 && status < 500 && status !== 409 && status !== 429;
+}
+
+/**
+ * Send an intended order once per click, with its key; resolves to what the page shows:
+ * {kind: "success" | "error" | "checking", message}. `fetchFn` is window.fetch (a fake in tests).
+ */
+async function sendOrder(fetchFn, intents, intent, csrfToken) {
+  const key = intents.keyFor(intent);
+  let response;
+  let body;
+  try {
+    response = await fetchFn(`/execute-${intent.side}/${encodeURIComponent(intent.code)}`, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken, "Idempotency-Key": key },
+      body: JSON.stringify(intent.body),
+    });
+    body = await response.json().catch(() => null);
+  } catch (error) {
+    return { kind: "checking", message: ORDER_STATE_CHECKING };
+  }
+  if (!answerSettlesOrder(response.status, body)) {
+    return { kind: "checking", message: ORDER_STATE_CHECKING };
+  }
+  intents.settle(intent);
+  if (body?.success) return { kind: "success", message: body.message || "주문이 접수되었습니다" };
+  return { kind: "error", message: body?.message || `HTTP ${response.status}` };
+}
+
 if (typeof module !== "undefined" && module.exports) {
   module.exports = {
     WS_MESSAGE_TYPES, CLOSE_UNAUTHENTICATED, CLOSE_FORBIDDEN, CLOSE_TOO_MANY, CLOSE_FALLING_BEHIND,
     addListener, notifyListeners, classifyVersion, insertionIndex, planChanges, sameCodes, backoffDelay,
     formatGrouped, formatKrw, formatSignedKrw, formatSignedRate, direction, formatChange, clockKst, agoKo,
     syncStatusText, syncLooksStale, listStateText, valuation, createConnection,
+    createOrderIntents, answerSettlesOrder, sendOrder, ORDER_STATE_CHECKING,
   };
 }
 
@@ -509,9 +575,10 @@ function newIdempotencyKey() {
   return globalThis.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(36).slice(2)}`;
 }
 
-/** Buy and sell forms: POST to the trade API (JSON, CSRF token) and show its message. */
+/** Buy and sell forms: POST to the trade API (JSON, CSRF token, the intent's Idempotency-Key). */
 function bindOrderForms(doc, app) {
   const output = doc.getElementById("order-message");
+  const intents = createOrderIntents(newIdempotencyKey);
   for (const form of doc.querySelectorAll("form.order-form")) {
     const codeInput = form.elements.stock_code;
     codeInput.addEventListener("input", () => { codeInput.value = codeInput.value.toUpperCase(); });
@@ -520,28 +587,15 @@ function bindOrderForms(doc, app) {
       const button = form.querySelector("button[type=submit]");
       const body = { qty: Number(form.elements.qty.value), account: Number(app.dataset.account) };
       if (form.elements.price.value) body.price = Number(form.elements.price.value);
-      const code = encodeURIComponent(codeInput.value.trim());
+      const intent = { side: form.dataset.side, code: codeInput.value.trim(), body };
       button.disabled = true;
       output.className = "order-message";
       output.textContent = "주문 전송 중…";
       try {
-        const response = await fetch(`/execute-${form.dataset.side}/${code}`, {
-          method: "POST",
-          credentials: "same-origin",
-          headers: {
-            "Content-Type": "application/json",
-            "X-CSRFToken": csrfToken(doc),
-            "Idempotency-Key": newIdempotencyKey(),
-          },
-          body: JSON.stringify(body),
-        });
-        const result = await response.json().catch(() => ({ success: false, message: `HTTP ${response.status}` }));
-        output.textContent = result.message || (result.success ? "주문이 접수되었습니다" : `HTTP ${response.status}`);
-        output.className = `order-message ${result.success ? "is-success" : "is-error"}`;
-        if (result.success) form.reset();
-      } catch (error) {
-        output.textContent = "서버에 연결할 수 없습니다. 잠시 후 다시 시도하세요.";
-        output.className = "order-message is-error";
+        const shown = await sendOrder(globalThis.fetch.bind(globalThis), intents, intent, csrfToken(doc));
+        output.textContent = shown.message;
+        output.className = `order-message is-${shown.kind}`;
+        if (shown.kind === "success") form.reset();
       } finally {
         button.disabled = false;
       }

@@ -232,3 +232,28 @@ def test_the_account_totals_follow_a_buy_without_a_reload(live, browser, page_er
     expect(page.locator(".totals.flash")).to_have_count(0)
     screenshot(page, "watchlist-totals-after-buy")
     assert page.evaluate("window.loadedOnce") is True, "the page was never reloaded"
+
+
+def test_a_click_retried_after_a_lost_answer_is_one_order(live, browser, page_errors, sim_account, simulator):
+    """The first request reaches the server and places the order, but its answer never reaches the
+    page; the page says the state is being checked, and the second click reuses the key."""
+    trader = signed_in_page(browser, live, page_errors)
+    keys: list[str] = []
+
+    def lose_the_first_answer(route):
+        keys.append(route.request.headers["idempotency-key"])
+        if len(keys) == 1:
+            route.fetch()  # the order is placed...
+            route.abort("connectionreset")  # ...and the page never learns it
+        else:
+            route.continue_()
+
+    trader.route("**/execute-buy/**", lose_the_first_answer)
+    checking = order(trader, "buy", "005930", 2, outcome="is-checking")
+    assert "확인하는 중" in checking and "다시 시도" not in checking
+    screenshot(trader, "order-state-being-checked")
+    trader.locator('form[data-side="buy"] button[type="submit"]').click()
+    expect(trader.locator("#order-message")).to_have_class(re.compile("is-success"), timeout=LIVE_TIMEOUT_MS)
+
+    assert len(keys) == 2 and keys[0] == keys[1]
+    assert len(simulator.orders(DEMO_CANO)) == 1

@@ -10,7 +10,7 @@ import json
 import httpx
 import pytest
 from channels.db import database_sync_to_async
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.fixtures.simulator import DEMO_CANO
@@ -24,7 +24,7 @@ TIMEOUT = 60
 
 
 def token_for(user) -> str:
-    return Token.objects.get_or_create(user=user)[0].key
+    return AuthToken.objects.create(user=user)[1]
 
 
 async def open_socket(server, token: str) -> tuple[ClientConnection, dict]:

@@ -10,7 +10,7 @@ import json
 
 import pytest
 from channels.db import database_sync_to_async
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -32,7 +32,7 @@ def clean_redis(redis_client):
 
 @pytest.fixture
 def token_key(user):
-    return Token.objects.create(user=user).key
+    return AuthToken.objects.create(user=user)[1]
 
 
 async def opened(server, key: str, path: str = "/ws/watchlist/", **options) -> ClientConnection:

@@ -10,7 +10,7 @@ import json
 
 import pytest
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -110,7 +110,7 @@ def test_no_socket_subscribes_to_another_users_account(daphne_server, victims_ac
                                                        other_user):
     session = session_client(other_user).cookies["sessionid"].value
     doors = {
-        "token": [("Authorization", f"Token {Token.objects.get_or_create(user=other_user)[0].key}")],
+        "token": [("Authorization", f"Token {AuthToken.objects.create(user=other_user)[1]}")],
         "session": [("Cookie", f"sessionid={session}"), ("Origin", daphne_server.url)],
     }
     for door, headers in doors.items():

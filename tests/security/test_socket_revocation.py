@@ -12,7 +12,7 @@ import httpx
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from websockets.asyncio.client import ClientConnection, connect
 
 from trading.models import BrokerAccount
@@ -77,7 +77,7 @@ async def still_open(socket: ClientConnection) -> bool:
 
 @pytest.fixture
 def token_key(user):
-    return Token.objects.create(user=user).key
+    return AuthToken.objects.create(user=user)[1]
 
 
 async def test_logging_out_closes_that_sessions_sockets_4401(
@@ -121,7 +121,7 @@ async def test_deleting_the_token_closes_its_sockets_4401(second_daphne_server, 
     sockets = [await token_socket(second_daphne_server, token_key) for _ in range(3)]
     session = await session_socket(second_daphne_server, browser)
 
-    await database_sync_to_async(Token.objects.filter(key=token_key).delete)()
+    await database_sync_to_async(AuthToken.objects.filter(user=user).delete)()  # its only token
 
     assert [await closed_with(socket) for socket in sockets] == [CLOSE_UNAUTHENTICATED] * 3
     assert await still_open(session)

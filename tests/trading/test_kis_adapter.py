@@ -13,6 +13,7 @@ from trading.brokers.base import (
     AuthenticationFailed,
     BrokerTimeout,
     BrokerUnavailable,
+    NotSent,
     OrderRejected,
     RateLimited,
     TokenExpired,
@@ -242,11 +243,11 @@ def test_orders_are_never_sent_twice(simulator, sim_account, quick_timeout, mode
     assert len(simulator.orders("50123456")) == (1 if mode == "timeout" else 0)
 
 
-def test_an_unreachable_broker_is_unavailable(user, make_account, redis_client):
+def test_an_unreachable_broker_is_unavailable_and_an_order_is_not_sent(user, make_account, redis_client):
     broker = KoreaInvestService(make_account(user))  # nothing listens on its base URL
     with pytest.raises(BrokerUnavailable):
         broker.get_price("005930")
-    with pytest.raises(BrokerUnavailable):
+    with pytest.raises(NotSent):  # not even a token could be had
         broker.place_order("005930", "buy", 1)
 
 

@@ -13,6 +13,7 @@ from trading.brokers.base import (
     BalanceChangedWhileRead,
     BrokerError,
     BrokerUnavailable,
+    NotSent,
     OrderRejected,
     RequestRefused,
     TokenIssueLimited,
@@ -261,8 +262,11 @@ def test_token_issued_too_often_is_typed_and_not_asked_again_too_soon(account, s
     script = ScriptedKis(tokenP=[too_soon])
     service = broker(account, script)
     for _ in range(2):
-        with pytest.raises(TokenIssueLimited):
+        with pytest.raises(NotSent) as refused:  # an order without a token never left
             service.place_order("005930", "buy", 1)
+        assert isinstance(refused.value.__cause__, TokenIssueLimited) and refused.value.msg_cd == "EGW00133"
+    with pytest.raises(TokenIssueLimited):
+        service.get_price("005930")
     assert len(script.calls("tokenP")) == 1 and not script.calls("order-cash")
 
 

@@ -10,7 +10,7 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.test import Client
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from config.asgi import application
 from trading.brokers.memory import MemoryBroker
@@ -68,8 +68,7 @@ def session_headers(user, origin: bytes | None = SAME_SITE) -> list[tuple[bytes,
 
 
 def token_headers(user) -> list[tuple[bytes, bytes]]:
-    token, _ = Token.objects.get_or_create(user=user)
-    return [(b"authorization", f"Token {token.key}".encode())]
+    return [(b"authorization", f"Token {AuthToken.objects.create(user=user)[1]}".encode())]
 
 
 async def connected(communicator: WebsocketCommunicator) -> dict:

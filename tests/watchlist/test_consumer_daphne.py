@@ -7,7 +7,7 @@ import json
 
 import pytest
 from channels.db import database_sync_to_async
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from websockets.asyncio.client import connect
 
 from trading.brokers.memory import MemoryBroker
@@ -33,7 +33,7 @@ async def snapshot_over_a_new_socket(url: str, token: str, opened: list) -> dict
 async def test_300_sockets_of_one_user_connecting_at_once_all_get_their_snapshot(
     daphne_server, user, account
 ):
-    token = (await database_sync_to_async(Token.objects.create)(user=user)).key
+    token = (await database_sync_to_async(AuthToken.objects.create)(user=user))[1]
     opened: list = []
     try:
         async with asyncio.timeout(TIMEOUT):
@@ -56,7 +56,7 @@ async def test_after_a_restart_every_socket_reconnecting_at_once_gets_its_snapsh
 ):
     """A reconnect storm (clients without jitter) on a freshly started process: each socket's snapshot,
     then a change committed afterwards reaches every one of them through the process's fan-out."""
-    token = (await database_sync_to_async(Token.objects.create)(user=user)).key
+    token = (await database_sync_to_async(AuthToken.objects.create)(user=user))[1]
     opened: list = []
     try:
         async with asyncio.timeout(TIMEOUT):

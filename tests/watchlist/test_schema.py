@@ -17,7 +17,7 @@ from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 from schemathesis.checks import (
     content_type_conformance,
@@ -31,7 +31,7 @@ from trading.brokers.base import MAX_ORDER_PRICE, MAX_ORDER_QTY
 pytestmark = pytest.mark.django_db
 
 SWAGGER_BUNDLE = "drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js"
-TRADE_STATUSES = {"200", "400", "401", "403", "404", "409", "502", "503"}
+TRADE_STATUSES = {"200", "400", "401", "403", "404", "409", "429", "502", "503"}
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -52,8 +52,8 @@ def test_the_schema_is_openapi_3_and_describes_every_endpoint():
         body = schema["components"]["schemas"]["TradeRequest"]
         assert body["required"] == ["qty"]
         assert (body["properties"]["qty"]["minimum"], body["properties"]["qty"]["maximum"]) == (1, MAX_ORDER_QTY)
-    assert {"/api/auth/token/", "/api/watchlist/", "/api/watchlist/sync/"} <= set(paths)
-    assert "502" in paths["/api/watchlist/sync/"]["post"]["responses"]
+    assert {"/api/auth/token/", "/api/auth/token/revoke/", "/api/watchlist/", "/api/watchlist/sync/"} <= set(paths)
+    assert {"429", "502"} <= set(paths["/api/watchlist/sync/"]["post"]["responses"])
 
 
 def test_the_schema_answers_without_the_slash_too():
@@ -100,7 +100,7 @@ def test_the_docs_page_works_in_a_browser_without_the_internet(live_server):
 @pytest.fixture
 def token(user, account, memory_broker, sync_requests) -> str:
     memory_broker.set_holdings({"005930": 100})
-    return Token.objects.create(user=user).key
+    return AuthToken.objects.create(user=user)[1]
 
 
 # Loaded at collection through the WSGI app: generating the schema needs no database.

@@ -127,6 +127,9 @@ def test_broker_faults_are_502_and_the_order_is_sent_once(api, simulator, holdin
 
     assert response.status_code == 502
     assert response.json()["success"] is False
+    # A 500 without KIS's code may follow the order's placement; KIS's EGW00201 is its gateway's refusal.
+    assert response.json()["outcome"] == {"http_500": "state_unknown", "rate_limit": "unreachable"}[mode]
+    assert sync_requests == ([holding.id] if mode == "http_500" else [])
     assert simulator.calls("order-cash") == 1 and simulator.orders(DEMO_CANO) == []
     assert items(holding) == {"005930": (10, False)}
 
@@ -138,7 +141,7 @@ def test_a_timeout_is_502_state_unknown_syncs_and_never_retries(api, simulator, 
     response = post(api, "/execute-buy/000660", {"qty": 1})
 
     assert response.status_code == 502
-    assert "unknown" in response.json()["message"]
+    assert response.json()["outcome"] == "state_unknown" and "unknown" in response.json()["message"]
     assert sync_requests == [holding.id]
     assert Order.objects.get(stock_code="000660").status == "unknown"
     assert simulator.calls("order-cash") == 1 and len(simulator.orders(DEMO_CANO)) == 1  # it took effect

@@ -87,7 +87,30 @@ class BrokerUnavailable(BrokerError):
     reason = "unreachable"
 
 
-class BrokerTimeout(BrokerUnavailable):
+class NotSent(BrokerError):
+    """Nothing of the request left the process: the broker cannot have acted on it.
+
+    Raised (as this class or one that also derives from it) for a connection never made and for a
+    call refused on this side (the client-side rate limit, an access token that cannot be had); an
+    order failing so was certainly not placed."""
+
+    reason = "not_sent"
+
+
+class BrokerUnreachable(NotSent, BrokerUnavailable):
+    """The broker could not be reached (connection refused, name not resolved, no connection free)."""
+
+    reason = "unreachable"
+
+
+class SentButUnconfirmed(BrokerUnavailable):
+    """The request may have reached the broker, but the connection failed before its answer came back:
+    an order's state is unknown."""
+
+    reason = "no_answer"
+
+
+class BrokerTimeout(SentButUnconfirmed):
     """The broker did not answer in time."""
 
     reason = "timeout"
@@ -98,6 +121,10 @@ class RateLimited(BrokerError):
 
     retryable = True
     reason = "rate_limited"
+
+
+class ClientRateLimited(NotSent, RateLimited):
+    """This side's rate limit for the app key refused the call before it left (too many already queued)."""
 
 
 class TokenExpired(BrokerError):
@@ -136,6 +163,10 @@ class AuthenticationFailed(BrokerError):
     """The broker refused the app key or secret."""
 
     reason = "auth_failed"
+
+
+class UnsendableCredentials(NotSent, AuthenticationFailed):
+    """The app key or secret holds characters that cannot go in a header: nothing was sent."""
 
 
 class OrderRejected(BrokerError):

@@ -7,8 +7,9 @@ Shared by every process through Redis:
   the user's phone on every issue);
 - the rate limit of the app key (settings.KIS_RATE_LIMIT_REAL / _PAPER calls per second): every call
   reserves the next free slot and waits for it.
-Reads are tried up to READ_ATTEMPTS times on rate limits and outages. An order is sent once: a
-timeout raises BrokerTimeout, as its outcome is unknown. Logs name the account (masked) and the
+Reads are tried up to READ_ATTEMPTS times on rate limits and outages. An order is sent once, and its
+failures say whether it may have reached KIS: NotSent (no connection, no token, the client-side rate
+limit) or else possibly sent (BrokerTimeout, SentButUnconfirmed, a server error), its outcome unknown. Logs name the account (masked) and the
 tr_id, never a key, secret or token.
 """
 
@@ -46,15 +47,20 @@ from .base import (
     BrokerError,
     BrokerTimeout,
     BrokerUnavailable,
+    BrokerUnreachable,
+    ClientRateLimited,
     InvalidOrder,
+    NotSent,
     OrderRejected,
     Quote,
     RateLimited,
     RequestRefused,
+    SentButUnconfirmed,
     Side,
     TokenExpired,
     TokenIssueLimited,
     UnknownStock,
+    UnsendableCredentials,
     balance_frame,
     stock_code_error,
     validate_order,
@@ -586,15 +592,30 @@ class KoreaInvestService:
     def _call(self, method: str, path: str, tr_id: str, **request) -> tuple[dict, httpx.Headers]:
         """One call with a valid token. A refused token is renewed and the call sent once more: the
         gateway turned the first one away, so even an order cannot have been placed."""
-        token = self.access_token()
+        is_order = request.get("is_order", False)
+        token = self._token(is_order)
         try:
             return self._send(method, path, tr_id, token, **request)
         except TokenExpired as error:
             logger.warning(
                 "KIS refused the token (%s) on %s for %s; renewing it once", error.msg_cd, tr_id, self.label
             )
-            token = self.token.refresh(self._issue_token, stale=token)
+            token = self._token(is_order, stale=token)
             return self._send(method, path, tr_id, token, **request)
+
+    def _token(self, is_order: bool, *, stale: str | None = None) -> str:
+        """A token for the next call; `stale` is one KIS just refused. An order without one never left,
+        whatever kept the token away (even a tokenP call that timed out), so it fails as NotSent."""
+        try:
+            if stale is None:
+                return self.token.get(self._issue_token)
+            return self.token.refresh(self._issue_token, stale=stale)
+        except BrokerError as error:
+            if not is_order or isinstance(error, NotSent):
+                raise
+            raise NotSent(
+                f"no KIS access token for the order ({error.reason}): {error.message}", msg_cd=error.msg_cd
+            ) from error
 
     @counts_broker_calls
     def _send(
@@ -630,8 +651,9 @@ class KoreaInvestService:
                 headers=headers,
                 timeout=settings.KIS_TIMEOUT,
             )
-        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-            raise BrokerUnavailable(
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as error:
+            # No connection was made or none was free: not a byte of the request left.
+            raise BrokerUnreachable(
                 f"cannot connect to {self.host} for {tr_id} ({connection_failure(error)})"
             ) from None
         except httpx.TimeoutException:
@@ -639,12 +661,13 @@ class KoreaInvestService:
                 f"KIS did not answer {tr_id} within {settings.KIS_TIMEOUT:g}s{unknown}"
             ) from None
         except httpx.HTTPError as error:
-            raise BrokerUnavailable(
+            # A read or write error, a dropped connection: the request may have reached KIS.
+            raise SentButUnconfirmed(
                 f"the call {tr_id} to KIS failed ({type(error).__name__}){unknown}"
             ) from None
         except UnicodeEncodeError:
-            # A header value outside ASCII (a mistyped app key or secret): nothing was sent.
-            raise AuthenticationFailed(
+            # A header value outside ASCII (a mistyped app key or secret).
+            raise UnsendableCredentials(
                 "the app key or secret holds characters that cannot be sent to KIS"
             ) from None
         answer = json_object(response, tr_id)
@@ -706,7 +729,7 @@ class KoreaInvestService:
             keys=[f"kis:rate:{self.key_id}"], args=[int(1_000_000 / rate), int(MAX_RATE_WAIT * 1_000_000)]
         )
         if wait_us < 0:
-            raise RateLimited(f"more than {MAX_RATE_WAIT:g}s of calls are already queued for this app key")
+            raise ClientRateLimited(f"more than {MAX_RATE_WAIT:g}s of calls are already queued for this app key")
         RATE_LIMIT_WAIT.observe(wait_us / 1_000_000)
         if wait_us:
             time.sleep(wait_us / 1_000_000)
