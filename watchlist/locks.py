@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 
 from trading.redis import redis_client
@@ -46,12 +46,17 @@ def _lock(account_id: int, purpose: str) -> Lock:
 
 
 def _release(lock: Lock, account_id: int, purpose: str) -> None:
+    """Best effort: what the section did stands (an order may have left), so a failed release must not
+    turn it into an error; the lock expires by itself."""
     try:
         lock.release()
     except LockError:
         # It expired while held (a section ran longer than WATCHLIST_LOCK_TIMEOUT) and may belong to
         # someone else now: never delete another holder's lock.
         logger.warning("%s lock of account=%s expired before release", purpose, account_id)
+    except RedisError as error:
+        logger.warning("%s lock of account=%s not released (%s): it expires by itself", purpose, account_id,
+                       type(error).__name__)
 
 
 @contextmanager
@@ -102,6 +107,10 @@ def trade_in_flight(account_id: int, *, on_sync_wanted: SyncWanted) -> Iterator[
 
 def _release_sync_lock(lock: Lock, account_id: int, on_sync_wanted: SyncWanted) -> None:
     _release(lock, account_id, "sync")
-    if redis_client().getdel(_key(account_id, "sync-wanted")):
+    try:
+        wanted = redis_client().getdel(_key(account_id, "sync-wanted"))
+    except RedisError:
+        wanted = True  # unknown: a spare sync costs a read, a lost one leaves the list stale
+    if wanted:
         logger.info("sync of account=%s was asked for while its sync lock was held: asking again", account_id)
         on_sync_wanted(account_id)

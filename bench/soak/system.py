@@ -66,7 +66,12 @@ class System:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        self.simulator = start_simulator(self.workdir / "simulator.log", "--rate-limit", "off")
+        # Limits lifted: the soak packs a day of trading into minutes, so KIS's one-token-a-minute rule
+        # would refuse the token every process asks for again after the Redis restart (tests/trading
+        # test_kis_conformance.py holds that rule; the soak checks consistency under faults).
+        self.simulator = start_simulator(
+            self.workdir / "simulator.log", "--rate-limit", "off", "--token-issue-interval", "0"
+        )
 
     def start_servers(self) -> None:
         for n in range(self.args.daphnes):

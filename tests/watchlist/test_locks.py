@@ -86,3 +86,17 @@ def test_a_crashed_sync_lets_the_next_sync_run_after_the_timeout(settings):
 def next_sync_runs() -> bool:
     with sync_in_progress(ACCOUNT) as acquired:
         return acquired
+
+
+def test_a_redis_outage_at_release_leaves_the_holders_work_standing_and_asks_for_a_sync(wanted, monkeypatch):
+    """A trade whose order left must not be answered as failed because Redis went away meanwhile."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.lock import Lock
+
+    def outage(*args, **kwargs):
+        raise RedisConnectionError("Redis went away")
+
+    with locks.trade_in_flight(ACCOUNT, on_sync_wanted=wanted.append):
+        monkeypatch.setattr(Lock, "release", outage)
+        monkeypatch.setattr(type(redis_client()), "getdel", outage)
+    assert wanted == [ACCOUNT]
