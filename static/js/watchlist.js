@@ -10,6 +10,9 @@
  * (`rows_html`, from templates/watchlist/_row.html), so formatting lives in one place; the
  * formatters here only serve cells patched by price updates and must match
  * watchlist/templatetags/watchlist_format.py (static/js/tests/format_cases.json checks both).
+ *
+ * Every text shown comes from the page, in the trader's language (`useTexts`: the JSON of
+ * watchlist_format.client_texts, embedded as #watchlist-texts): none is written here.
  */
 "use strict";
 
@@ -49,6 +52,25 @@ function notifyListeners(type, data) {
       console.error(`watchlist: listener for ${type} failed`, error);
     }
   }
+}
+
+// --- texts: the page's language, given by the server -------------------------------------------
+
+let texts = null;
+
+/** The table of texts to show (watchlist_format.client_texts in Python). */
+function useTexts(table) {
+  texts = table;
+}
+
+/** A text with its `%(name)s` placeholders filled in, as Python's `%` does. */
+function fill(template, values) {
+  return template.replace(/%\((\w+)\)s/g, (placeholder, name) => (name in values ? String(values[name]) : placeholder));
+}
+
+/** The form of a counted text for `count`: [singular, other], the plural rule of English and Korean. */
+function counted(forms, count, values) {
+  return fill(forms[count === 1 ? 0 : 1], values);
 }
 
 // --- versions, changes, backoff ------------------------------------------------------------------
@@ -109,7 +131,7 @@ function formatGrouped(value) {
 }
 
 function formatKrw(value) {
-  return `${formatGrouped(value)}원`;
+  return fill(texts.krw_amount, { amount: formatGrouped(value) });
 }
 
 function formatSignedKrw(value) {
@@ -144,13 +166,14 @@ function clockKst(unixSeconds) {
   return `${parts.hour}:${parts.minute}:${parts.second}`;
 }
 
-function agoKo(unixSeconds, nowSeconds) {
+function ago(unixSeconds, nowSeconds) {
   const elapsed = Math.max(0, Math.floor(nowSeconds - unixSeconds));
-  if (elapsed < 5) return "방금";
-  if (elapsed < 60) return `${elapsed}초 전`;
-  if (elapsed < 3600) return `${Math.floor(elapsed / 60)}분 전`;
-  if (elapsed < 86400) return `${Math.floor(elapsed / 3600)}시간 전`;
-  return `${Math.floor(elapsed / 86400)}일 전`;
+  if (elapsed < 5) return texts.just_now;
+  const [count, forms] = elapsed < 60 ? [elapsed, texts.seconds_ago]
+    : elapsed < 3600 ? [Math.floor(elapsed / 60), texts.minutes_ago]
+      : elapsed < 86400 ? [Math.floor(elapsed / 3600), texts.hours_ago]
+        : [Math.floor(elapsed / 86400), texts.days_ago];
+  return counted(forms, count, { count });
 }
 
 /** The sync line, as the contract's sync object says (never / ok / failing), and the real-time problem. */
@@ -159,27 +182,22 @@ function syncStatusText(sync, nowSeconds) {
   return sync.realtime_error ? `${text} · ${realtimeProblemText(sync.realtime_error)}` : text;
 }
 
-// watchlist/prices.py writes these reasons into realtime_error.
-const REALTIME_PROBLEM_TEXTS = {
-  realtime_refused: "실시간 시세 연결이 거부되었습니다 (앱 키가 다른 곳에서 사용 중)",
-  fill_notices_off: "체결 알림이 꺼졌습니다 (HTS ID를 확인하세요)",
-};
-
+// watchlist/prices.py writes these reasons into realtime_error (texts.realtime_problems is keyed by them).
 function realtimeProblemText(error) {
-  const texts = Object.entries(REALTIME_PROBLEM_TEXTS)
+  const problems = Object.entries(texts.realtime_problems)
     .filter(([reason]) => error.includes(`${reason}:`))
     .map(([, text]) => text);
-  return texts.join(" · ") || "실시간 시세에 문제가 있습니다";
+  return problems.join(" · ") || texts.realtime_problem;
 }
 
 function syncOutcomeText(sync, nowSeconds) {
-  if (sync.status === "never") return "보유 종목을 아직 확인하지 못했습니다 (첫 동기화 대기 중)";
+  if (sync.status === "never") return texts.sync_never;
   if (sync.status === "failing") {
     const failures = sync.consecutive_failures;
-    if (!sync.last_success_at) return `계좌에 연결할 수 없습니다 (${failures}회 실패) — 보유 종목을 아직 확인하지 못했습니다`;
-    return `계좌에 연결할 수 없습니다 (${failures}회 실패) — ${clockKst(sync.last_success_at)} 기준 목록입니다`;
+    if (!sync.last_success_at) return counted(texts.sync_failing_unread, failures, { failures });
+    return counted(texts.sync_failing_since, failures, { failures, time: clockKst(sync.last_success_at) });
   }
-  return `마지막 동기화 ${agoKo(sync.last_success_at, nowSeconds)}`;
+  return fill(texts.sync_ok, { ago: ago(sync.last_success_at, nowSeconds) });
 }
 
 /**
@@ -196,7 +214,7 @@ function syncLooksStale(sync, nowSeconds, lastAskedAt, { graceSeconds = 15, minI
 /** What to say instead of an empty table: never "no holdings" before the account was read once. */
 function listStateText(itemCount, sync) {
   if (itemCount > 0) return "";
-  return sync.last_success_at ? "보유 종목이 없습니다" : "보유 종목을 아직 확인하지 못했습니다";
+  return sync.last_success_at ? texts.list_empty : texts.list_unread;
 }
 
 /** Evaluation and P&L of a position at `price` (what a price update changes in a row). */
@@ -332,8 +350,8 @@ function createConnection({
 if (typeof module !== "undefined" && module.exports) {
   module.exports = {
     WS_MESSAGE_TYPES, CLOSE_UNAUTHENTICATED, CLOSE_FORBIDDEN, CLOSE_TOO_MANY, CLOSE_FALLING_BEHIND,
-    addListener, notifyListeners, classifyVersion, insertionIndex, planChanges, sameCodes, backoffDelay,
-    formatGrouped, formatKrw, formatSignedKrw, formatSignedRate, direction, formatChange, clockKst, agoKo,
+    useTexts, fill, addListener, notifyListeners, classifyVersion, insertionIndex, planChanges, sameCodes, backoffDelay,
+    formatGrouped, formatKrw, formatSignedKrw, formatSignedRate, direction, formatChange, clockKst, ago,
     syncStatusText, syncLooksStale, listStateText, valuation, createConnection,
   };
 }
@@ -345,6 +363,7 @@ function startWatchlistPage(doc, win) {
   const snapshotScript = doc.getElementById("watchlist-snapshot");
   bindAccountPicker(doc);
   if (!app || !snapshotScript) return;
+  useTexts(JSON.parse(doc.getElementById("watchlist-texts").textContent));
   bindOrderForms(doc, app);
 
   const initial = JSON.parse(snapshotScript.textContent);
@@ -432,10 +451,13 @@ function startWatchlistPage(doc, win) {
   addListener(WS_MESSAGE_TYPES.ERROR, (message) => console.warn("watchlist: server says", message.message));
 
   const connectionText = {
-    connecting: () => "연결 중…",
-    open: () => "실시간 연결됨",
-    waiting: ({ delayMs, attempt }) => `연결 끊김 · ${Math.ceil(delayMs / 1000)}초 후 다시 연결 (${attempt}회째)`,
-    refused: ({ code }) => (code === CLOSE_UNAUTHENTICATED ? "로그인이 필요합니다 — 새로고침하세요" : "이 계좌를 볼 수 없습니다"),
+    connecting: () => texts.connecting,
+    open: () => texts.connected,
+    waiting: ({ delayMs, attempt }) => {
+      const seconds = Math.ceil(delayMs / 1000);
+      return counted(texts.reconnecting_in, seconds, { seconds, attempt });
+    },
+    refused: ({ code }) => (code === CLOSE_UNAUTHENTICATED ? texts.refused_unauthenticated : texts.refused_forbidden),
   };
 
   const scheme = win.location.protocol === "https:" ? "wss" : "ws";
@@ -510,7 +532,7 @@ function bindOrderForms(doc, app) {
       const code = encodeURIComponent(codeInput.value.trim());
       button.disabled = true;
       output.className = "order-message";
-      output.textContent = "주문 전송 중…";
+      output.textContent = texts.order_sending;
       try {
         const response = await fetch(`/execute-${form.dataset.side}/${code}`, {
           method: "POST",
@@ -523,11 +545,11 @@ function bindOrderForms(doc, app) {
           body: JSON.stringify(body),
         });
         const result = await response.json().catch(() => ({ success: false, message: `HTTP ${response.status}` }));
-        output.textContent = result.message || (result.success ? "주문이 접수되었습니다" : `HTTP ${response.status}`);
+        output.textContent = result.message || (result.success ? texts.order_accepted : `HTTP ${response.status}`);
         output.className = `order-message ${result.success ? "is-success" : "is-error"}`;
         if (result.success) form.reset();
       } catch (error) {
-        output.textContent = "서버에 연결할 수 없습니다. 잠시 후 다시 시도하세요.";
+        output.textContent = texts.server_unreachable;
         output.className = "order-message is-error";
       } finally {
         button.disabled = false;
