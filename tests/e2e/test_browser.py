@@ -223,9 +223,13 @@ def test_a_browser_that_prefers_english_gets_the_page_its_answers_and_its_rows_i
     expect(korean.locator("#connection")).to_have_text("실시간 연결됨")
 
     answer = order(english, "buy", "005930", 2)
-    assert re.fullmatch(r"The buy order for 2 of 005930 at market was accepted \(order \d+\)\.", answer), answer
-    assert re.fullmatch(r"매수 주문 1주\(005930, 시장가\)가 접수되었습니다 \(주문번호 \d+\)\.",
-                        order(korean, "buy", "005930", 1))
+    assert re.fullmatch(r"The buy order for 2 of 005930 at market was accepted \(order \d+\)\.", answer), (
+        answer
+    )
+    assert re.fullmatch(
+        r"매수 주문 1주\(005930, 시장가\)가 접수되었습니다 \(주문번호 \d+\)\.",
+        order(korean, "buy", "005930", 1),
+    )
 
     # Rows come over each page's socket, rendered in the language of its handshake.
     for page, currency in ((english, " KRW"), (korean, "원")):

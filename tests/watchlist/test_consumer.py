@@ -190,9 +190,13 @@ async def test_render_html_sockets_get_rows_from_the_row_template(user, account,
 
 
 async def test_error_messages_and_rows_follow_the_handshakes_language(user, account, broker, socket_to):
-    await database_sync_to_async(sync)(account, broker, {"000660": (3, 180_000.0)}, prices={"000660": 175_500})
+    await database_sync_to_async(sync)(
+        account, broker, {"000660": (3, 180_000.0)}, prices={"000660": 175_500}
+    )
     session = await database_sync_to_async(session_headers)(user)
-    english = socket_to("/ws/watchlist/?render=html", headers=[*session, (b"accept-language", b"en-US,en;q=0.9")])
+    english = socket_to(
+        "/ws/watchlist/?render=html", headers=[*session, (b"accept-language", b"en-US,en;q=0.9")]
+    )
     korean = socket_to("/ws/watchlist/?render=html", headers=session)
 
     english_rows = (await connected(english))["rows_html"]["000660"]
@@ -214,8 +218,16 @@ async def test_error_messages_and_rows_follow_the_handshakes_language(user, acco
 
 @pytest.mark.parametrize(
     ("accept_language", "language"),
-    [(None, "ko"), (b"en", "en"), (b"en-GB,en;q=0.9", "en"), (b"fr-FR, en;q=0.5, ko;q=0.4", "en"),
-     (b"ko-KR,ko;q=0.9,en-US;q=0.8", "ko"), (b"fr", "ko"), (b"*", "ko"), (b"\xff\xfe", "ko")],
+    [
+        (None, "ko"),
+        (b"en", "en"),
+        (b"en-GB,en;q=0.9", "en"),
+        (b"fr-FR, en;q=0.5, ko;q=0.4", "en"),
+        (b"ko-KR,ko;q=0.9,en-US;q=0.8", "ko"),
+        (b"fr", "ko"),
+        (b"*", "ko"),
+        (b"\xff\xfe", "ko"),
+    ],
 )
 def test_a_sockets_language_is_the_handshakes_first_supported_one(accept_language, language):
     from watchlist.consumers import socket_language

@@ -205,8 +205,9 @@ def test_the_page_is_korean_by_default_and_english_when_asked(signed_in, account
         assert text in english and text not in korean, text
     assert rows(korean) == rows(english) == ["005930"]
     texts = {
-        language: json.loads(re.search(r'<script id="watchlist-texts" type="application/json">(.*?)</script>',
-                                       html).group(1))
+        language: json.loads(
+            re.search(r'<script id="watchlist-texts" type="application/json">(.*?)</script>', html).group(1)
+        )
         for language, html in (("ko", korean), ("en", english))
     }
     assert texts["ko"]["sync_ok"] == "마지막 동기화 %(ago)s" and texts["en"]["sync_ok"] == "Last sync %(ago)s"
