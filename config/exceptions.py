@@ -93,8 +93,8 @@ def is_api_path(path: str) -> bool:
 
 def api_not_found(request, *args, **kwargs):
     """Any unknown path under the API prefixes: JSON whatever DEBUG says (no HTML, no slash redirect)."""
-    return JsonResponse({"success": False, "message": _("No API endpoint at %(path)s.") % {"path": request.path}},
-                        status=404)
+    message = _("No API endpoint at %(path)s.") % {"path": request.path}
+    return JsonResponse({"success": False, "message": message}, status=404)
 
 
 def page_not_found(request, exception=None):

@@ -65,7 +65,8 @@ function useTexts(table) {
 
 /** A text with its `%(name)s` placeholders filled in, as Python's `%` does. */
 function fill(template, values) {
-  return template.replace(/%\((\w+)\)s/g, (placeholder, name) => (name in values ? String(values[name]) : placeholder));
+  return template.replace(/%\((\w+)\)s/g,
+    (placeholder, name) => (name in values ? String(values[name]) : placeholder));
 }
 
 /** The form of a counted text for `count`: [singular, other], the plural rule of English and Korean. */
@@ -350,7 +351,8 @@ function createConnection({
 if (typeof module !== "undefined" && module.exports) {
   module.exports = {
     WS_MESSAGE_TYPES, CLOSE_UNAUTHENTICATED, CLOSE_FORBIDDEN, CLOSE_TOO_MANY, CLOSE_FALLING_BEHIND,
-    useTexts, fill, addListener, notifyListeners, classifyVersion, insertionIndex, planChanges, sameCodes, backoffDelay,
+    useTexts, fill,
+    addListener, notifyListeners, classifyVersion, insertionIndex, planChanges, sameCodes, backoffDelay,
     formatGrouped, formatKrw, formatSignedKrw, formatSignedRate, direction, formatChange, clockKst, ago,
     syncStatusText, syncLooksStale, listStateText, valuation, createConnection,
   };
