@@ -8,6 +8,7 @@ import logging
 
 from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
+from django.utils.translation import gettext as _
 from django.views import defaults
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -41,7 +42,8 @@ def api_exception_handler(exc, context):
     if response is None:
         set_rollback()
         logger.exception("unexpected error for %s", _path(context), exc_info=exc)
-        return Response({"success": False, "message": "Internal error."}, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+        return Response({"success": False, "message": _("Internal error.")},
+                        status=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
     data = response.data
     if isinstance(data, dict) and set(data) == {"detail"}:
@@ -54,12 +56,12 @@ def api_exception_handler(exc, context):
 def unavailable_message(exc) -> str | None:
     """What to tell the client when `exc` is a passing unavailability (a 503), else None."""
     if isinstance(exc, AccountLockTimeout):
-        return "The account is busy with another trade or a sync; try again shortly."
+        return _("The account is busy with another trade or a sync; try again shortly.")
     if isinstance(exc, (OperationalError, InterfaceError)):
-        return "The database is unavailable; try again shortly."
+        return _("The database is unavailable; try again shortly.")
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
         # Locks, the KIS token and rate limit live in Redis: without it no order can leave.
-        return "A service the app needs (Redis) is unavailable; try again shortly."
+        return _("A service the app needs (Redis) is unavailable; try again shortly.")
     return None
 
 
@@ -70,8 +72,8 @@ def validation_message(errors) -> str:
             _first_message(detail) if field == api_settings.NON_FIELD_ERRORS_KEY else f"{field}: {_first_message(detail)}"
             for field, detail in errors.items()
         ]
-        return "Invalid input. " + " ".join(parts)
-    return f"Invalid input. {_first_message(errors)}"
+        return _("Invalid input. %(problems)s") % {"problems": " ".join(parts)}
+    return _("Invalid input. %(problems)s") % {"problems": _first_message(errors)}
 
 
 def _first_message(detail) -> str:
@@ -91,7 +93,8 @@ def is_api_path(path: str) -> bool:
 
 def api_not_found(request, *args, **kwargs):
     """Any unknown path under the API prefixes: JSON whatever DEBUG says (no HTML, no slash redirect)."""
-    return JsonResponse({"success": False, "message": f"No API endpoint at {request.path}."}, status=404)
+    message = _("No API endpoint at %(path)s.") % {"path": request.path}
+    return JsonResponse({"success": False, "message": message}, status=404)
 
 
 def page_not_found(request, exception=None):
@@ -102,5 +105,5 @@ def page_not_found(request, exception=None):
 
 def server_error(request):
     if is_api_path(request.path):
-        return JsonResponse({"success": False, "message": "Internal error."}, status=500)
+        return JsonResponse({"success": False, "message": _("Internal error.")}, status=500)
     return defaults.server_error(request)

@@ -69,3 +69,13 @@ ensure_chromium() {
 ensure_node() {
   command -v node >/dev/null || apt_install nodejs
 }
+
+ensure_gettext() {
+  command -v msgfmt >/dev/null || apt_install gettext
+}
+
+compile_messages() {
+  # The .mo files are build output (gitignored): compiled from locale/*/LC_MESSAGES/django.po.
+  ensure_gettext
+  "$PY" manage.py compilemessages -v 0 --ignore .venv --ignore staticfiles --ignore .run --ignore .git
+}

@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from .brokers.base import (
     AuthenticationFailed,
@@ -89,7 +90,8 @@ def user_account(*, user, account_id: int | None = None) -> BrokerAccount:
         account = None
     if account is None:
         raise AccountNotFound(
-            "You have no brokerage account." if account_id is None else f"Account {account_id} is not one of yours."
+            _("You have no brokerage account.") if account_id is None
+            else _("Account %(account_id)s is not one of yours.") % {"account_id": account_id}
         )
     return account
 
@@ -98,7 +100,9 @@ def user_account(*, user, account_id: int | None = None) -> BrokerAccount:
 
 def idempotency_key_error(key: object) -> str | None:
     if not isinstance(key, str) or not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH or not key.isprintable():
-        return f"An Idempotency-Key is 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable characters."
+        return _("An Idempotency-Key is 1 to %(max_length)s printable characters.") % {
+            "max_length": IDEMPOTENCY_KEY_MAX_LENGTH
+        }
     return None
 
 
@@ -181,19 +185,21 @@ def place_order(*, account: BrokerAccount, stock_code: str, side: Side, qty: int
         logger.info("order rejected %s msg_cd=%s message=%s", context, exc.msg_cd, exc.message)
         _record(order, Order.Status.REJECTED, exc)
         outcome = TradeOutcome.EXCEEDS_HOLDINGS if _exceeds_orderable(exc) else TradeOutcome.REJECTED
-        return OrderResult(outcome, f"The broker rejected the order: {exc.message}", broker_code=exc.msg_cd or None)
+        return OrderResult(outcome, _("The broker rejected the order: %(reason)s") % {"reason": exc.message},
+                           broker_code=exc.msg_cd or None)
     except BrokerError as exc:
         if certainly_not_placed(exc):
             logger.warning("order not placed (%s) %s msg_cd=%s", exc.reason, context, exc.msg_cd)
             _record(order, Order.Status.FAILED, exc)
-            return OrderResult(TradeOutcome.UNREACHABLE, f"The order was not placed: {exc.message}",
+            return OrderResult(TradeOutcome.UNREACHABLE,
+                               _("The order was not placed: %(reason)s") % {"reason": exc.message},
                                broker_code=exc.msg_cd or None)
         logger.warning("order state unknown (%s) %s msg_cd=%s", exc.reason, context, exc.msg_cd)
         _record(order, Order.Status.UNKNOWN, exc)
         return OrderResult(
             TradeOutcome.STATE_UNKNOWN,
-            "The broker did not confirm the order: its state is unknown and is being checked with the "
-            "account. It was not retried; the watchlist will follow the account at the next sync.",
+            _("The broker did not confirm the order: its state is unknown and is being checked with the "
+              "account. It was not retried; the watchlist will follow the account at the next sync."),
             broker_code=exc.msg_cd or None, needs_reconcile=True,
         )
     except Exception as exc:
@@ -201,20 +207,30 @@ def place_order(*, account: BrokerAccount, stock_code: str, side: Side, qty: int
         logger.exception("order state unknown (unexpected error) %s", context)
         _record(order, Order.Status.UNKNOWN, BrokerError(f"unexpected {type(exc).__name__} in the adapter"))
         return OrderResult(TradeOutcome.STATE_UNKNOWN,
-                           "The order's state is unknown after an internal error and is being checked with "
-                           "the account. It was not retried; the watchlist will follow the account at the "
-                           "next sync.", needs_reconcile=True)
+                           _("The order's state is unknown after an internal error and is being checked with "
+                             "the account. It was not retried; the watchlist will follow the account at the "
+                             "next sync."), needs_reconcile=True)
 
     logger.info("order accepted %s order_no=%s", context, order.order_no)
-    kind = f"at {price:,} KRW" if price is not None else "at market"
-    accepted = OrderResult(
-        TradeOutcome.ACCEPTED,
-        f"The {side} order for {qty:,} of {stock_code} {kind} was accepted (order {order.order_no}).",
-        order_no=order.order_no,
-    )
+    accepted = OrderResult(TradeOutcome.ACCEPTED, _accepted_message(side, stock_code, qty, price, order.order_no),
+                           order_no=order.order_no)
     if not _record(order, Order.Status.ACCEPTED):
         return replace(accepted, needs_reconcile=True)
     return accepted
+
+
+def _accepted_message(side: Side, stock_code: str, qty: int, price: int | None, order_no: str) -> str:
+    values = {"qty": f"{qty:,}", "stock_code": stock_code, "order_no": order_no}
+    # One sentence per side and kind of price: a translation words each as a whole.
+    if price is None:
+        if side == "buy":
+            return _("The buy order for %(qty)s of %(stock_code)s at market was accepted (order %(order_no)s).") % values
+        return _("The sell order for %(qty)s of %(stock_code)s at market was accepted (order %(order_no)s).") % values
+    values["price"] = f"{price:,}"
+    if side == "buy":
+        return _("The buy order for %(qty)s of %(stock_code)s at %(price)s KRW was accepted "
+                 "(order %(order_no)s).") % values
+    return _("The sell order for %(qty)s of %(stock_code)s at %(price)s KRW was accepted (order %(order_no)s).") % values
 
 
 def _record(order: Order, status: Order.Status, error: BrokerError | None = None) -> bool:

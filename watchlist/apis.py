@@ -10,6 +10,7 @@ import hashlib
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.views import LoginView
+from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -61,7 +62,7 @@ class JSONBodyParser(JSONParser):
         try:
             return super().parse(stream, media_type, parser_context)
         except RecursionError:
-            raise ParseError("JSON parse error - nested too deeply.") from None
+            raise ParseError(_("JSON parse error - nested too deeply.")) from None
 
 
 # --- Throttles ----------------------------------------------------------------------------------
@@ -278,7 +279,8 @@ class WatchlistSyncApi(APIView):
         try:
             result = sync_and_record(account)
         except BrokerError as exc:
-            body = {"success": False, "message": f"The account could not be read from the broker: {exc.message}"}
+            message = _("The account could not be read from the broker: %(reason)s") % {"reason": exc.message}
+            body = {"success": False, "message": message}
             if exc.msg_cd:
                 body["broker_code"] = exc.msg_cd
             return Response(body, status=status.HTTP_502_BAD_GATEWAY)
@@ -387,6 +389,6 @@ class ThrottledLoginView(LoginView):
         for throttle in (throttle_class() for throttle_class in LOGIN_THROTTLES):
             if not throttle.allow_request(request, self):
                 form = self.get_form()
-                form.add_error(None, "Too many login attempts. Wait a minute and try again.")
+                form.add_error(None, _("Too many login attempts. Wait a minute and try again."))
                 return self.render_to_response(self.get_context_data(form=form), status=429)
         return super().post(request, *args, **kwargs)

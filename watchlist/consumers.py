@@ -32,7 +32,13 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.template.loader import render_to_string
+from django.utils import translation
+from django.utils.functional import Promise
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation.trans_real import parse_accept_lang_header
 
 from .fanout import process_fanout
 from .metrics import OPEN_SOCKETS
@@ -69,14 +75,28 @@ CLOSE_SERVER_ERROR = 4500
 
 
 @lru_cache(maxsize=4096)
-def _render_row(item_fields: tuple) -> str:
+def _render_row(item_fields: tuple, language: str) -> str:
     return render_to_string("watchlist/_row.html", {"item": dict(item_fields)})
 
 
 def render_row(item: dict) -> str:
-    """The page's row template for one item. Cached by content: every socket of a process that
-    forwards the same message (or snapshot) reuses one rendering."""
-    return _render_row(tuple(item.items()))
+    """The page's row template for one item, in the active language. Cached by content: every socket
+    of a process that forwards the same message (or snapshot) reuses one rendering."""
+    return _render_row(tuple(item.items()), translation.get_language())
+
+
+def socket_language(headers: list[tuple[bytes, bytes]]) -> str:
+    """The language the handshake's Accept-Language prefers among settings.LANGUAGES, as
+    LocaleMiddleware picks one for a request (else settings.LANGUAGE_CODE)."""
+    accepted = b",".join(value for name, value in headers if name.lower() == b"accept-language")
+    for code, _quality in parse_accept_lang_header(accepted.decode("latin-1")):
+        if code == "*":
+            break
+        try:
+            return translation.get_supported_language_variant(code)
+        except LookupError:
+            continue
+    return settings.LANGUAGE_CODE
 
 
 @lru_cache(maxsize=256)
@@ -100,18 +120,18 @@ def rows_html(full_list: list[dict], codes: list[str] | None = None) -> dict[str
     }
 
 
-def parsed_request(text: str | None) -> dict | str:
-    """The client's message, or what is wrong with it."""
+def parsed_request(text: str | None) -> dict | Promise:
+    """The client's message, or what is wrong with it (translated when sent)."""
     if text is None:
-        return 'Expected a JSON object with a "type".'
+        return _('Expected a JSON object with a "type".')
     try:
         request = json.loads(text)
     except ValueError:
-        return "Invalid JSON."
+        return _("Invalid JSON.")
     except RecursionError:  # json's C scanner recurses once per nesting level
-        return "Nested too deeply."
+        return _("Nested too deeply.")
     if not isinstance(request, dict) or "type" not in request:
-        return 'Expected a JSON object with a "type".'
+        return _('Expected a JSON object with a "type".')
     return request
 
 
@@ -137,6 +157,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
     snapshot_task: asyncio.Task | None = None
     check_task: asyncio.Task | None = None
     check_wanted = False
+    language = settings.LANGUAGE_CODE  # of the socket's texts: its handshake's Accept-Language
 
     async def __call__(self, scope, receive, send) -> None:
         self.backlog = partial(inbound_backlog, receive)
@@ -177,6 +198,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         params = parse_qs(self.scope["query_string"].decode("latin-1"), keep_blank_values=True)
         self.render_html = params.get("render") == ["html"]
         requested = params.get("account", [None])[0]
+        self.language = socket_language(headers)
         owner = await database_sync_to_async(socket_owner, thread_sensitive=False)(headers, requested)
         if owner.credential is None:
             return await self.refuse(CLOSE_UNAUTHENTICATED, "not authenticated")
@@ -236,13 +258,13 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         # is a flood whatever the time they took to be read here.
         if not self.frames.admit() or self.backlog() > BURST:
             stop_reading(self.base_send)
-            await self.send_error("Too many messages: slow down.")
+            await self.send_error(_("Too many messages: slow down."))
             return await self.refuse(CLOSE_TOO_MANY, f"user={self.user_id} account={self.account_id} flooding")
         if frame_too_large(text_data, bytes_data):
-            await self.send_error(f"A message may be at most {MAX_FRAME_BYTES} bytes.")
+            await self.send_error(format_lazy(_("A message may be at most {max_bytes} bytes."), max_bytes=MAX_FRAME_BYTES))
             return await self.refuse(CLOSE_TOO_MANY, f"user={self.user_id} account={self.account_id} frame too large")
         request = parsed_request(text_data)
-        if isinstance(request, str):
+        if not isinstance(request, dict):
             return await self.send_error(request)
         kind = request["type"]
         if kind == "ping":
@@ -251,7 +273,7 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
             if self.snapshot_task is None:
                 self.snapshot_task = asyncio.create_task(self.resync(), name="watchlist resync")
         else:
-            await self.send_error(f"Unknown message type: {str(kind)[:40]!r}.")
+            await self.send_error(format_lazy(_("Unknown message type: {type}."), type=repr(str(kind)[:40])))
 
     async def resync(self) -> None:
         """Off the receive loop, so that the frames the client sends meanwhile are metered as they come
@@ -305,11 +327,10 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         message = event["message"]
         if self.render_html:
             changes = message["changes"]
-            message = {
-                **message,
-                "rows_html": rows_html(message["full_list"], changes["added"] + changes["updated"]),
-                "totals_html": totals_html(message.get("totals")),
-            }
+            with translation.override(self.language):
+                rows = rows_html(message["full_list"], changes["added"] + changes["updated"])
+                totals = totals_html(message.get("totals"))
+            message = {**message, "rows_html": rows, "totals_html": totals}
             await self.send_json(message)
         else:
             await self.send(text_data=event["text"])
@@ -361,8 +382,9 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
                                   f"{'no longer allowed' if code else 'no longer exists'}")
         message = {"type": "watchlist_snapshot", **snapshot}
         if self.render_html:
-            message["rows_html"] = rows_html(snapshot["full_list"])
-            message["totals_html"] = totals_html(snapshot["totals"])
+            with translation.override(self.language):
+                message["rows_html"] = rows_html(snapshot["full_list"])
+                message["totals_html"] = totals_html(snapshot["totals"])
         await self.send_json(message)
         # What arrived meanwhile follows, in order; a change the snapshot already has carries a version
         # the client has, and is ignored.
@@ -370,7 +392,9 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
             await self.handle(self.held.pop(0))
         self.held = None
 
-    async def send_error(self, text: str) -> None:
+    async def send_error(self, text: str | Promise) -> None:
+        with translation.override(self.language):
+            text = str(text)
         await self.send_json({"type": "error", "message": text})
 
     async def send_json(self, message: dict) -> None:

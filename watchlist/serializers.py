@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -34,7 +35,7 @@ class CheckedField(serializers.Field):
 
 def account_id_error(value: object) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ACCOUNT_ID:
-        return "An account is given by its id, a whole number."
+        return _("An account is given by its id, a whole number.")
     return None
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
+from django.utils.translation import gettext as _
+
 from trading.brokers.base import Broker, InvalidOrder, Side, validate_order
 from trading.models import BrokerAccount
 from trading.services import (
@@ -83,8 +85,8 @@ def place_trade(
     if answer is None:
         return TradeResult(
             TradeOutcome.KEY_IN_FLIGHT,
-            "A request with this Idempotency-Key is still in progress or ended without an answer; "
-            "its order state is unknown. Check the watchlist before trading again.",
+            _("A request with this Idempotency-Key is still in progress or ended without an answer; "
+              "its order state is unknown. Check the watchlist before trading again."),
             stock_code,
             qty,
         )
@@ -109,7 +111,8 @@ def _trade(
                         account.id, stock_code, qty, held)
             return TradeResult(
                 TradeOutcome.EXCEEDS_HOLDINGS,
-                f"Cannot sell {qty:,} of {stock_code}: the account holds {held:,}.",
+                _("Cannot sell %(qty)s of %(stock_code)s: the account holds %(held)s.")
+                % {"qty": f"{qty:,}", "stock_code": stock_code, "held": f"{held:,}"},
                 stock_code,
                 qty,
             )

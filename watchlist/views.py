@@ -3,6 +3,7 @@
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from .selectors import account_from_param, watchlist_snapshot
@@ -16,7 +17,7 @@ def watchlist_page(request: HttpRequest) -> HttpResponse:
         return render(request, "watchlist/page.html", {"accounts": accounts})
     account = account_from_param(request.user, request.GET.get("account"))
     if account is None:
-        raise Http404("No such account.")
+        raise Http404(_("No such account."))
     return render(
         request,
         "watchlist/page.html",

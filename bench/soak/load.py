@@ -18,7 +18,9 @@ from devtools.simulator import SimulatorHandle
 
 class Api:
     def __init__(self, daphnes: list[AsgiServer], record: Record) -> None:
-        self.clients = [httpx.AsyncClient(base_url=daphne.url, timeout=60) for daphne in daphnes]
+        # English answers: checks.py reads the message of an order whose state is unknown.
+        self.clients = [httpx.AsyncClient(base_url=daphne.url, timeout=60, headers={"Accept-Language": "en"})
+                        for daphne in daphnes]
         self.record = record
 
     async def call(self, token: str, method: str, path: str, body: dict | None = None,

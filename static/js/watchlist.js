@@ -10,6 +10,9 @@
  * (`rows_html`, from templates/watchlist/_row.html), so formatting lives in one place; the
  * formatters here only serve cells patched by price updates and must match
  * watchlist/templatetags/watchlist_format.py (static/js/tests/format_cases.json checks both).
+ *
+ * Every text shown comes from the page, in the trader's language (`useTexts`: the JSON of
+ * watchlist_format.client_texts, embedded as #watchlist-texts): none is written here.
  */
 "use strict";
 
@@ -49,6 +52,26 @@ function notifyListeners(type, data) {
       console.error(`watchlist: listener for ${type} failed`, error);
     }
   }
+}
+
+// --- texts: the page's language, given by the server -------------------------------------------
+
+let texts = null;
+
+/** The table of texts to show (watchlist_format.client_texts in Python). */
+function useTexts(table) {
+  texts = table;
+}
+
+/** A text with its `%(name)s` placeholders filled in, as Python's `%` does. */
+function fill(template, values) {
+  return template.replace(/%\((\w+)\)s/g,
+    (placeholder, name) => (name in values ? String(values[name]) : placeholder));
+}
+
+/** The form of a counted text for `count`: [singular, other], the plural rule of English and Korean. */
+function counted(forms, count, values) {
+  return fill(forms[count === 1 ? 0 : 1], values);
 }
 
 // --- versions, changes, backoff ------------------------------------------------------------------
@@ -109,7 +132,7 @@ function formatGrouped(value) {
 }
 
 function formatKrw(value) {
-  return `${formatGrouped(value)}원`;
+  return fill(texts.krw_amount, { amount: formatGrouped(value) });
 }
 
 function formatSignedKrw(value) {
@@ -144,13 +167,14 @@ function clockKst(unixSeconds) {
   return `${parts.hour}:${parts.minute}:${parts.second}`;
 }
 
-function agoKo(unixSeconds, nowSeconds) {
+function ago(unixSeconds, nowSeconds) {
   const elapsed = Math.max(0, Math.floor(nowSeconds - unixSeconds));
-  if (elapsed < 5) return "방금";
-  if (elapsed < 60) return `${elapsed}초 전`;
-  if (elapsed < 3600) return `${Math.floor(elapsed / 60)}분 전`;
-  if (elapsed < 86400) return `${Math.floor(elapsed / 3600)}시간 전`;
-  return `${Math.floor(elapsed / 86400)}일 전`;
+  if (elapsed < 5) return texts.just_now;
+  const [count, forms] = elapsed < 60 ? [elapsed, texts.seconds_ago]
+    : elapsed < 3600 ? [Math.floor(elapsed / 60), texts.minutes_ago]
+      : elapsed < 86400 ? [Math.floor(elapsed / 3600), texts.hours_ago]
+        : [Math.floor(elapsed / 86400), texts.days_ago];
+  return counted(forms, count, { count });
 }
 
 /** The sync line, as the contract's sync object says (never / ok / failing), and the real-time problem. */
@@ -159,27 +183,22 @@ function syncStatusText(sync, nowSeconds) {
   return sync.realtime_error ? `${text} · ${realtimeProblemText(sync.realtime_error)}` : text;
 }
 
-// watchlist/prices.py writes these reasons into realtime_error.
-const REALTIME_PROBLEM_TEXTS = {
-  realtime_refused: "실시간 시세 연결이 거부되었습니다 (앱 키가 다른 곳에서 사용 중)",
-  fill_notices_off: "체결 알림이 꺼졌습니다 (HTS ID를 확인하세요)",
-};
-
+// watchlist/prices.py writes these reasons into realtime_error (texts.realtime_problems is keyed by them).
 function realtimeProblemText(error) {
-  const texts = Object.entries(REALTIME_PROBLEM_TEXTS)
+  const problems = Object.entries(texts.realtime_problems)
     .filter(([reason]) => error.includes(`${reason}:`))
     .map(([, text]) => text);
-  return texts.join(" · ") || "실시간 시세에 문제가 있습니다";
+  return problems.join(" · ") || texts.realtime_problem;
 }
 
 function syncOutcomeText(sync, nowSeconds) {
-  if (sync.status === "never") return "보유 종목을 아직 확인하지 못했습니다 (첫 동기화 대기 중)";
+  if (sync.status === "never") return texts.sync_never;
   if (sync.status === "failing") {
     const failures = sync.consecutive_failures;
-    if (!sync.last_success_at) return `계좌에 연결할 수 없습니다 (${failures}회 실패) — 보유 종목을 아직 확인하지 못했습니다`;
-    return `계좌에 연결할 수 없습니다 (${failures}회 실패) — ${clockKst(sync.last_success_at)} 기준 목록입니다`;
+    if (!sync.last_success_at) return counted(texts.sync_failing_unread, failures, { failures });
+    return counted(texts.sync_failing_since, failures, { failures, time: clockKst(sync.last_success_at) });
   }
-  return `마지막 동기화 ${agoKo(sync.last_success_at, nowSeconds)}`;
+  return fill(texts.sync_ok, { ago: ago(sync.last_success_at, nowSeconds) });
 }
 
 /**
@@ -196,7 +215,7 @@ function syncLooksStale(sync, nowSeconds, lastAskedAt, { graceSeconds = 15, minI
 /** What to say instead of an empty table: never "no holdings" before the account was read once. */
 function listStateText(itemCount, sync) {
   if (itemCount > 0) return "";
-  return sync.last_success_at ? "보유 종목이 없습니다" : "보유 종목을 아직 확인하지 못했습니다";
+  return sync.last_success_at ? texts.list_empty : texts.list_unread;
 }
 
 /** Evaluation and P&L of a position at `price` (what a price update changes in a row). */
@@ -334,10 +353,6 @@ function createConnection({
 /** Outcomes after which the order may still exist: its retry must carry the same key. */
 const UNSETTLED_OUTCOMES = new Set(["state_unknown", "key_in_flight"]);
 
-const ORDER_STATE_CHECKING =
-  "주문 결과를 아직 알 수 없어 계좌와 대조해 확인하는 중입니다. 결과는 목록에 반영됩니다. " +
-  "같은 주문을 다시 누르면 새 주문이 아니라 같은 주문의 결과를 확인합니다.";
-
 /**
  * The keys of intended orders whose fate is not yet known, by intent (side, code, qty, price,
  * account). A retried click after a network error, a 502 with an unknown state, or any answer that
@@ -384,23 +399,24 @@ async function sendOrder(fetchFn, intents, intent, csrfToken) {
     });
     body = await response.json().catch(() => null);
   } catch (error) {
-    return { kind: "checking", message: ORDER_STATE_CHECKING };
+    return { kind: "checking", message: texts.order_state_checking };
   }
   if (!answerSettlesOrder(response.status, body)) {
-    return { kind: "checking", message: ORDER_STATE_CHECKING };
+    return { kind: "checking", message: texts.order_state_checking };
   }
   intents.settle(intent);
-  if (body?.success) return { kind: "success", message: body.message || "주문이 접수되었습니다" };
+  if (body?.success) return { kind: "success", message: body.message || texts.order_accepted };
   return { kind: "error", message: body?.message || `HTTP ${response.status}` };
 }
 
 if (typeof module !== "undefined" && module.exports) {
   module.exports = {
     WS_MESSAGE_TYPES, CLOSE_UNAUTHENTICATED, CLOSE_FORBIDDEN, CLOSE_TOO_MANY, CLOSE_FALLING_BEHIND,
+    useTexts, fill,
     addListener, notifyListeners, classifyVersion, insertionIndex, planChanges, sameCodes, backoffDelay,
-    formatGrouped, formatKrw, formatSignedKrw, formatSignedRate, direction, formatChange, clockKst, agoKo,
+    formatGrouped, formatKrw, formatSignedKrw, formatSignedRate, direction, formatChange, clockKst, ago,
     syncStatusText, syncLooksStale, listStateText, valuation, createConnection,
-    createOrderIntents, answerSettlesOrder, sendOrder, ORDER_STATE_CHECKING,
+    createOrderIntents, answerSettlesOrder, sendOrder,
   };
 }
 
@@ -411,6 +427,7 @@ function startWatchlistPage(doc, win) {
   const snapshotScript = doc.getElementById("watchlist-snapshot");
   bindAccountPicker(doc);
   if (!app || !snapshotScript) return;
+  useTexts(JSON.parse(doc.getElementById("watchlist-texts").textContent));
   bindOrderForms(doc, app);
 
   const initial = JSON.parse(snapshotScript.textContent);
@@ -511,10 +528,13 @@ function startWatchlistPage(doc, win) {
   addListener(WS_MESSAGE_TYPES.ERROR, (message) => console.warn("watchlist: server says", message.message));
 
   const connectionText = {
-    connecting: () => "연결 중…",
-    open: () => "실시간 연결됨",
-    waiting: ({ delayMs, attempt }) => `연결 끊김 · ${Math.ceil(delayMs / 1000)}초 후 다시 연결 (${attempt}회째)`,
-    refused: ({ code }) => (code === CLOSE_UNAUTHENTICATED ? "로그인이 필요합니다 — 새로고침하세요" : "이 계좌를 볼 수 없습니다"),
+    connecting: () => texts.connecting,
+    open: () => texts.connected,
+    waiting: ({ delayMs, attempt }) => {
+      const seconds = Math.ceil(delayMs / 1000);
+      return counted(texts.reconnecting_in, seconds, { seconds, attempt });
+    },
+    refused: ({ code }) => (code === CLOSE_UNAUTHENTICATED ? texts.refused_unauthenticated : texts.refused_forbidden),
   };
 
   const scheme = win.location.protocol === "https:" ? "wss" : "ws";
@@ -590,7 +610,7 @@ function bindOrderForms(doc, app) {
       const intent = { side: form.dataset.side, code: codeInput.value.trim(), body };
       button.disabled = true;
       output.className = "order-message";
-      output.textContent = "주문 전송 중…";
+      output.textContent = texts.order_sending;
       try {
         const shown = await sendOrder(globalThis.fetch.bind(globalThis), intents, intent, csrfToken(doc));
         output.textContent = shown.message;

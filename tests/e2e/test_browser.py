@@ -46,9 +46,11 @@ def page_errors():
     assert errors == []
 
 
-def signed_in_page(browser: Browser, server, errors: list[str]) -> Page:
-    """A browser of its own (a new context), signed in through the login form, its socket open."""
-    page = browser.new_context(locale="ko-KR", viewport={"width": 1280, "height": 860}).new_page()
+def signed_in_page(browser: Browser, server, errors: list[str], locale: str = "ko-KR") -> Page:
+    """A browser of its own (a new context), signed in through the login form, its socket open. Its
+    `locale` is the Accept-Language of its requests and handshakes: the page is Korean unless it prefers
+    English."""
+    page = browser.new_context(locale=locale, viewport={"width": 1280, "height": 860}).new_page()
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(f"{server.url}/")
     expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
@@ -257,3 +259,30 @@ def test_a_click_retried_after_a_lost_answer_is_one_order(live, browser, page_er
 
     assert len(keys) == 2 and keys[0] == keys[1]
     assert len(simulator.orders(DEMO_CANO)) == 1
+
+
+def test_a_browser_that_prefers_english_gets_the_page_its_answers_and_its_rows_in_english(
+    live, browser, page_errors, sim_account
+):
+    english = signed_in_page(browser, live, page_errors, locale="en-US")
+    korean = signed_in_page(browser, live, page_errors)
+    expect(english.locator("h1")).to_have_text("Holdings")
+    expect(english.locator("#connection")).to_have_text("Live")
+    expect(korean.locator("#connection")).to_have_text("실시간 연결됨")
+
+    answer = order(english, "buy", "005930", 2)
+    assert re.fullmatch(r"The buy order for 2 of 005930 at market was accepted \(order \d+\)\.", answer), (
+        answer
+    )
+    assert re.fullmatch(
+        r"매수 주문 1주\(005930, 시장가\)가 접수되었습니다 \(주문번호 \d+\)\.",
+        order(korean, "buy", "005930", 1),
+    )
+
+    # Rows come over each page's socket, rendered in the language of its handshake.
+    for page, currency in ((english, " KRW"), (korean, "원")):
+        row = page.locator('#watchlist-rows tr[data-code="005930"]')
+        expect(row.locator("td").nth(2)).to_have_text("3", timeout=LIVE_TIMEOUT_MS)
+        expect(row.locator("td").nth(3)).to_contain_text(currency)
+    expect(english.locator("#sync-status")).to_contain_text("Last sync", timeout=LIVE_TIMEOUT_MS)
+    screenshot(english, "watchlist-in-english")

@@ -513,3 +513,76 @@ def test_djangos_own_error_pages_are_json_under_the_api_paths(rf):
         for response, status in ((server_error(rf.post(path)), 500), (page_not_found(rf.get(path), None), 404)):
             assert response.status_code == status and json.loads(response.content)["success"] is False
     assert server_error(rf.get("/")).headers["Content-Type"].startswith("text/html")
+
+
+# --- the trader's language -----------------------------------------------------------------------
+
+MACHINE_FIELDS = ("success", "stock_code", "qty", "broker_code")
+
+
+def test_a_trade_answer_is_korean_by_default_and_english_when_asked(user, account, memory_broker, sync_requests):
+    from tests.fixtures.trade import token_client
+
+    korean = post(token_client(user, accept_language=None), BUY, {"qty": 3}).json()
+    english = post(token_client(user, accept_language="en-US,en;q=0.9,ko;q=0.8"), BUY, {"qty": 3, "price": 70_000}).json()
+    explicit_korean = post(token_client(user, accept_language="ko-KR,ko;q=0.9,en;q=0.8"), SELL, {"qty": 1}).json()
+
+    assert korean["message"] == f"매수 주문 3주(005930, 시장가)가 접수되었습니다 (주문번호 {korean['order_id']})."
+    assert english["message"] == f"The buy order for 3 of 005930 at 70,000 KRW was accepted (order {english['order_id']})."
+    assert explicit_korean["message"] == (
+        f"매도 주문 1주(005930, 시장가)가 접수되었습니다 (주문번호 {explicit_korean['order_id']})."
+    )
+    assert [{field: answer.get(field) for field in MACHINE_FIELDS} for answer in (korean, english)] == [
+        {"success": True, "stock_code": "005930", "qty": 3, "broker_code": None}
+    ] * 2
+
+
+def test_a_brokers_refusal_keeps_its_words_and_code_in_either_language(user, account, memory_broker):
+    from tests.fixtures.trade import token_client
+
+    memory_broker.fail_with = OrderRejected("모의투자 장종료 입니다.", msg_cd="40580000")
+    korean = post(token_client(user, accept_language=None), BUY, {"qty": 1}).json()
+    memory_broker.fail_with = OrderRejected("모의투자 장종료 입니다.", msg_cd="40580000")
+    english = post(token_client(user), BUY, {"qty": 1}).json()
+
+    assert korean["message"] == "증권사가 주문을 거부했습니다: 모의투자 장종료 입니다."
+    assert english["message"] == "The broker rejected the order: 모의투자 장종료 입니다."
+    assert korean["broker_code"] == english["broker_code"] == "40580000"
+
+
+def test_field_errors_are_korean_by_default_and_english_when_asked(user, account, memory_broker):
+    from tests.fixtures.trade import token_client
+
+    korean = post(token_client(user, accept_language=None), "/execute-buy/5930", {"qty": 0, "price": "x"})
+    english = post(token_client(user), "/execute-buy/5930", {"qty": 0, "price": "x"})
+
+    assert korean.status_code == english.status_code == 400
+    korean, english = korean.json(), english.json()
+    assert korean["errors"] == {
+        "stock_code": ["종목코드는 숫자나 영문 대문자 6자리입니다 (예: 005930)."],
+        "qty": ["수량은 1주에서 1,000,000주 사이로 입력하세요."],
+        "price": ["가격은 원 단위 정수로 입력하세요."],
+    }
+    assert english["errors"] == {
+        "stock_code": ["A stock code is exactly 6 characters, digits or upper-case letters (e.g. 005930)."],
+        "qty": ["Quantity must be between 1 and 1,000,000."],
+        "price": ["Price must be a whole number of KRW."],
+    }
+    assert korean["message"].startswith("입력값이 올바르지 않습니다. stock_code: 종목코드는")
+    assert english["message"].startswith("Invalid input. stock_code: A stock code")
+    assert korean["success"] is english["success"] is False
+    assert memory_broker.place_order_calls == []
+
+
+def test_an_error_of_the_api_layer_follows_the_language_too(user, account):
+    from tests.fixtures.trade import token_client
+
+    # DRF's own texts come from its catalogues.
+    korean = token_client(user, accept_language=None).get("/api/watchlist/?account=x").json()
+    english = token_client(user).get("/api/watchlist/?account=x").json()
+    assert english["errors"] == {"account": ["A valid integer is required."]}
+    assert list(korean["errors"]) == ["account"] and korean["errors"] != english["errors"]
+    assert token_client(user).get("/api/nothing").json()["message"] == "No API endpoint at /api/nothing."
+    assert token_client(user, accept_language=None).get("/api/nothing").json()["message"] == (
+        "/api/nothing 주소에는 API가 없습니다."
+    )

@@ -67,8 +67,13 @@ def session_headers(user, origin: bytes | None = SAME_SITE) -> list[tuple[bytes,
     return headers
 
 
-def token_headers(user) -> list[tuple[bytes, bytes]]:
-    return [(b"authorization", f"Token {AuthToken.objects.create(user=user)[1]}".encode())]
+def token_headers(user, accept_language: bytes | None = b"en") -> list[tuple[bytes, bytes]]:
+    """A token socket's handshake; its texts in English unless `accept_language` says otherwise (None:
+    no Accept-Language, Korean)."""
+    headers = [(b"authorization", f"Token {AuthToken.objects.create(user=user)[1]}".encode())]
+    if accept_language is not None:
+        headers.append((b"accept-language", accept_language))
+    return headers
 
 
 async def connected(communicator: WebsocketCommunicator) -> dict:
@@ -181,6 +186,53 @@ async def test_render_html_sockets_get_rows_from_the_row_template(user, account,
     samsung = change["rows_html"]["005930"]
     assert 'data-code="005930"' in samsung and "72,100원" in samsung and "71,250.5원" in samsung
     assert "+8,495원" in samsung and "+1.19%" in samsung and 'class="num rise"' in samsung
+
+
+async def test_error_messages_and_rows_follow_the_handshakes_language(user, account, broker, socket_to):
+    await database_sync_to_async(sync)(
+        account, broker, {"000660": (3, 180_000.0)}, prices={"000660": 175_500}
+    )
+    session = await database_sync_to_async(session_headers)(user)
+    english = socket_to(
+        "/ws/watchlist/?render=html", headers=[*session, (b"accept-language", b"en-US,en;q=0.9")]
+    )
+    korean = socket_to("/ws/watchlist/?render=html", headers=session)
+
+    english_rows = (await connected(english))["rows_html"]["000660"]
+    korean_rows = (await connected(korean))["rows_html"]["000660"]
+    for socket in (english, korean):
+        await socket.send_to(text_data="not json")
+        await socket.send_to(text_data='{"type": "hello"}')
+
+    assert "175,500 KRW" in english_rows and "175,500원" in korean_rows
+    assert [await english.receive_json_from(timeout=TIMEOUT) for _ in range(2)] == [
+        {"type": "error", "message": "Invalid JSON."},
+        {"type": "error", "message": "Unknown message type: 'hello'."},
+    ]
+    assert [await korean.receive_json_from(timeout=TIMEOUT) for _ in range(2)] == [
+        {"type": "error", "message": "올바른 JSON이 아닙니다."},
+        {"type": "error", "message": "알 수 없는 메시지 유형입니다: 'hello'."},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("accept_language", "language"),
+    [
+        (None, "ko"),
+        (b"en", "en"),
+        (b"en-GB,en;q=0.9", "en"),
+        (b"fr-FR, en;q=0.5, ko;q=0.4", "en"),
+        (b"ko-KR,ko;q=0.9,en-US;q=0.8", "ko"),
+        (b"fr", "ko"),
+        (b"*", "ko"),
+        (b"\xff\xfe", "ko"),
+    ],
+)
+def test_a_sockets_language_is_the_handshakes_first_supported_one(accept_language, language):
+    from watchlist.consumers import socket_language
+
+    headers = [(b"host", HOST)] + ([(b"accept-language", accept_language)] if accept_language else [])
+    assert socket_language(headers) == language
 
 
 async def test_sync_status_is_forwarded(user, account, socket_to):

@@ -186,3 +186,47 @@ def test_sync_line_says_how_long_ago_the_last_sync_was():
     assert (
         watchlist_format.sync_status_text(never) == "보유 종목을 아직 확인하지 못했습니다 (첫 동기화 대기 중)"
     )
+
+
+# --- the trader's language
+
+
+def test_the_page_is_korean_by_default_and_english_when_asked(signed_in, account):
+    synced(account, {"005930": (10, 70_000.0)}, {"005930": 72_100})
+    WatchlistItem.objects.filter(stock_code="005930").update(pending=True)
+
+    korean = signed_in.get("/").content.decode()
+    english = signed_in.get("/", HTTP_ACCEPT_LANGUAGE="en-US,en;q=0.9,ko;q=0.8").content.decode()
+
+    assert '<html lang="ko">' in korean and '<html lang="en">' in english
+    for text in ("보유 종목", "평가손익", "매수", "매도", "확인 중", "마지막 동기화 방금", "72,100원"):
+        assert text in korean and text not in english, text
+    for text in ("Holdings", "P&amp;L", "Buy", "Sell", "Pending", "Last sync just now", "72,100 KRW"):
+        assert text in english and text not in korean, text
+    assert rows(korean) == rows(english) == ["005930"]
+    texts = {
+        language: json.loads(
+            re.search(r'<script id="watchlist-texts" type="application/json">(.*?)</script>', html).group(1)
+        )
+        for language, html in (("ko", korean), ("en", english))
+    }
+    assert texts["ko"]["sync_ok"] == "마지막 동기화 %(ago)s" and texts["en"]["sync_ok"] == "Last sync %(ago)s"
+
+
+def test_the_login_page_is_english_when_asked(client):
+    html = client.get("/accounts/login/", HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "Sign in" in html and "Username" in html and "로그인" not in html
+
+
+@pytest.mark.parametrize("language", ["ko", "en"])
+def test_the_javascript_clients_text_tables_are_the_servers(language):
+    """static/js/tests/texts_*.json feed the client's unit tests: they must be what the page hands the client."""
+    from django.utils import translation
+
+    path = settings.BASE_DIR / f"static/js/tests/texts_{language}.json"
+    with translation.override(language):
+        expected = watchlist_format.client_texts()
+    assert json.loads(path.read_text()) == expected, (
+        f"rewrite {path.name} as: {json.dumps(expected, ensure_ascii=False, indent=2)}"
+    )
+    assert bool(re.search(r"[가-힣]", json.dumps(expected, ensure_ascii=False))) == (language == "ko")

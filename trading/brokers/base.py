@@ -12,6 +12,8 @@ from typing import Literal, Protocol
 from zoneinfo import ZoneInfo
 
 import pandas as pd
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
 
 Side = Literal["buy", "sell"]
 
@@ -193,15 +195,15 @@ class InvalidOrder(ValueError):
 
 def stock_code_error(code: object) -> str | None:
     if not isinstance(code, str) or not STOCK_CODE_RE.match(code):
-        return "A stock code is exactly 6 characters, digits or upper-case letters (e.g. 005930)."
+        return _("A stock code is exactly 6 characters, digits or upper-case letters (e.g. 005930).")
     return None
 
 
 def qty_error(qty: object) -> str | None:
     if isinstance(qty, bool) or not isinstance(qty, int):
-        return "Quantity must be a whole number."
+        return _("Quantity must be a whole number.")
     if not 1 <= qty <= MAX_ORDER_QTY:
-        return f"Quantity must be between 1 and {MAX_ORDER_QTY:,}."
+        return format_lazy(_("Quantity must be between 1 and {max_qty}."), max_qty=f"{MAX_ORDER_QTY:,}")
     return None
 
 
@@ -209,11 +211,11 @@ def price_error(price: object) -> str | None:
     if price is None:
         return None
     if isinstance(price, bool) or not isinstance(price, int):
-        return "Price must be a whole number of KRW."
+        return _("Price must be a whole number of KRW.")
     if price <= 0:
-        return "Price must be greater than 0 KRW."
+        return _("Price must be greater than 0 KRW.")
     if price > MAX_ORDER_PRICE:
-        return f"Price must be at most {MAX_ORDER_PRICE:,} KRW."
+        return format_lazy(_("Price must be at most {max_price} KRW."), max_price=f"{MAX_ORDER_PRICE:,}")
     return None
 
 
@@ -222,7 +224,7 @@ def validate_order(stock_code: object, side: object, qty: object, price: object 
         field: message
         for field, message in (
             ("stock_code", stock_code_error(stock_code)),
-            ("side", None if side in ("buy", "sell") else "Side is 'buy' or 'sell'."),
+            ("side", None if side in ("buy", "sell") else _("Side is 'buy' or 'sell'.")),
             ("qty", qty_error(qty)),
             ("price", price_error(price)),
         )

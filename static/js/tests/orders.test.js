@@ -4,7 +4,13 @@
 const test = require("node:test");
 const assert = require("node:assert/strict");
 
+const path = require("node:path");
+const fs = require("node:fs");
+
 const wl = require("../watchlist.js");
+
+const korean = JSON.parse(fs.readFileSync(path.join(__dirname, "texts_ko.json"), "utf8"));
+wl.useTexts(korean);
 
 const BUY = { side: "buy", code: "005930", body: { qty: 3, account: 7 } };
 
@@ -34,7 +40,7 @@ test("a retried click after a network error sends the same key, and a new order 
   ]);
 
   const lost = await wl.sendOrder(fetchFn, intents, BUY, "csrf");
-  assert.deepEqual(lost, { kind: "checking", message: wl.ORDER_STATE_CHECKING });
+  assert.deepEqual(lost, { kind: "checking", message: korean.order_state_checking });
   assert.match(lost.message, /확인하는 중/);
   assert.doesNotMatch(lost.message, /다시 시도/);
 

@@ -9,6 +9,20 @@ const fs = require("node:fs");
 const wl = require("../watchlist.js");
 
 const formatCases = JSON.parse(fs.readFileSync(path.join(__dirname, "format_cases.json"), "utf8"));
+// The page's texts in each language (watchlist_format.client_texts; tests/watchlist/test_views.py keeps
+// these copies equal to it). Korean, the default, unless a test says otherwise.
+const textsIn = (language) => JSON.parse(fs.readFileSync(path.join(__dirname, `texts_${language}.json`), "utf8"));
+wl.useTexts(textsIn("ko"));
+
+/** Run `fn` with the texts of `language`, then back to Korean. */
+function inLanguage(language, fn) {
+  wl.useTexts(textsIn(language));
+  try {
+    fn();
+  } finally {
+    wl.useTexts(textsIn("ko"));
+  }
+}
 
 test("message types name every message of the contract", () => {
   assert.equal(wl.WS_MESSAGE_TYPES.WATCHLIST_CHANGED, "watchlist_changed");
@@ -135,6 +149,28 @@ test("sync line: never, ok with a relative time, failing keeps the list as of th
     wl.syncStatusText({ status: "ok", last_success_at: now - 12, consecutive_failures: 0,
       realtime_error: "fill_notices_off: the broker drops the real-time session ..." }, now),
     "마지막 동기화 12초 전 · 체결 알림이 꺼졌습니다 (HTS ID를 확인하세요)");
+});
+
+test("the sync line in English, with plural forms", () => {
+  const now = 1764000000;
+  inLanguage("en", () => {
+    assert.equal(wl.syncStatusText({ status: "ok", last_success_at: now - 1, consecutive_failures: 0 }, now),
+      "Last sync just now");
+    assert.equal(wl.syncStatusText({ status: "ok", last_success_at: now - 60, consecutive_failures: 0 }, now),
+      "Last sync 1 minute ago");
+    assert.equal(wl.syncStatusText({ status: "ok", last_success_at: now - 7200, consecutive_failures: 0 }, now),
+      "Last sync 2 hours ago");
+    assert.equal(wl.syncStatusText({ status: "failing", last_success_at: now, consecutive_failures: 1 }, now + 90),
+      "Cannot reach the account (1 failure) — the list as of 01:00:00");
+    assert.equal(wl.syncStatusText({ status: "failing", last_success_at: null, consecutive_failures: 2 }, now),
+      "Cannot reach the account (2 failures) — holdings not read yet");
+    assert.equal(wl.listStateText(0, { last_success_at: now }), "No holdings");
+    assert.equal(wl.formatSignedKrw(8495), "+8,495 KRW");
+  });
+});
+
+test("fill leaves a placeholder it has no value for as it is", () => {
+  assert.equal(wl.fill("%(a)s and %(b)s", { a: 1 }), "1 and %(b)s");
 });
 
 test("an ok sync line asks for a snapshot once the next sync is overdue, at most every 30 s", () => {
