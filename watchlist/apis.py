@@ -38,7 +38,7 @@ from .serializers import (
     QuantityField,
     SnapshotSerializer,
 )
-from .services import sync_and_record
+from .services import SyncNotServed, sync_now
 from .trades import place_trade
 
 TRADE_STATUS = {
@@ -228,13 +228,20 @@ class WatchlistSyncApi(APIView):
             200: OutputSerializer,
             **ERROR_RESPONSES,
             502: OpenApiResponse(ErrorSerializer, description="The broker could not be read; the sync state records it."),
+            503: OpenApiResponse(ErrorSerializer, description="No read of the account could begin in time "
+                                 "(the app key's call budget is busy); Retry-After says when to ask again."),
         },
         tags=["watchlist"],
     )
     def post(self, request):
         account = requested_account(request)
         try:
-            result = sync_and_record(account)
+            result = sync_now(account)
+        except SyncNotServed as exc:
+            body = {"success": False, "message": "The account could not be read in time: the broker's call "
+                    "budget is busy. Try again shortly."}
+            return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": str(exc.retry_after)})
         except BrokerError as exc:
             body = {"success": False, "message": f"The account could not be read from the broker: {exc.message}"}
             if exc.msg_cd:

@@ -24,8 +24,9 @@ its market is open, so a client hears of it at least every 5 s. The message's ti
 time. Every `store_interval` (1 s) the latest prices go into the items (price, evaluation, P&L) with
 one UPDATE per feed, without a version bump or a message, so a snapshot after a reconnect shows them.
 
-Fills. A fill notice (field 13 "2") queues an immediate reconciling sync of its account, so a pending
-item is confirmed within a second of the fill instead of at the next periodic sync.
+Fills. A fill notice (field 13 "2") confirms its order's pending change by itself, with the notice's
+quantity and price (watchlist.trades.apply_fill_notice); one of an order this app did not place
+queues a read of its account.
 
 App keys, secrets and approval keys never reach a log: sessions are named by their account ids.
 """
@@ -63,7 +64,7 @@ from trading.brokers.realtime import (
 )
 from trading.models import BrokerAccount
 
-from . import events, jobs
+from . import events, trades
 from .models import WatchlistItem
 
 logger = logging.getLogger(__name__)
@@ -379,7 +380,7 @@ class PriceFeed:
         matching = [a for a in accounts if notice.account_no.startswith(a.account_number)] or accounts
         for account in matching:
             logger.info(
-                "fill notice account=%s order=%s %s %s x%d at %d: syncing now",
+                "fill notice account=%s order=%s %s %s x%d at %d",
                 account.id,
                 notice.order_no,
                 notice.side,
@@ -387,6 +388,8 @@ class PriceFeed:
                 notice.qty,
                 notice.price,
             )
-            task = asyncio.create_task(database_sync_to_async(jobs.request_sync)(account.id))
+            task = asyncio.create_task(database_sync_to_async(trades.apply_fill_notice)(
+                account.id, order_no=notice.order_no, side=notice.side, stock_code=notice.stock_code,
+                qty=notice.qty, price=notice.price))
             self._fill_syncs.add(task)
             task.add_done_callback(self._fill_syncs.discard)
