@@ -43,7 +43,8 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from trading.brokers.base import Broker, BrokerError, RateLimited, validate_order
+from trading.brokers.base import Broker, BrokerError, validate_order
+from trading.brokers.call_budget import NoCallSlot
 from trading.models import BrokerAccount
 
 from . import events, jobs, reads
@@ -541,7 +542,7 @@ def sync_now(account: BrokerAccount, broker: Broker | None = None) -> SyncResult
     while True:
         try:
             result = sync_and_record(account, broker)
-        except RateLimited as exc:
+        except NoCallSlot as exc:
             raise SyncNotServed(exc.message) from exc
         if not result.skipped:
             return result

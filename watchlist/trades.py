@@ -176,10 +176,11 @@ def apply_fill_notice(account_id: int, *, order_no: str, side: Side, stock_code:
                                             status=PendingTrade.Status.SENDING, resolved_at__isnull=True)
     if in_flight.exists():
         key = _early_fill_key(account.id, order_no)
-        redis_client().set(key, f"{qty}:{price}", ex=EARLY_FILL_TTL)
-        # Applied meanwhile without finding it: confirm here (getdel: only one of the two does it).
-        if redis_client().getdel(key) and service.confirm_fill(order_no, stock_code, side, qty, price) is None:
-            redis_client().set(key, f"{qty}:{price}", ex=EARLY_FILL_TTL)
+        redis_client().set(key, f"{qty}:{price}", ex=EARLY_FILL_TTL)  # the trade picks it up once applied
+        applied = PendingTrade.objects.filter(watchlist__account=account, order_id=order_no).exists()
+        # Applied and looked before the notice was left: confirm here (getdel: only one of the two does).
+        if applied and redis_client().getdel(key):
+            service.confirm_fill(order_no, stock_code, side, qty, price)
         return
     logger.info("fill notice account=%s order=%s of no order of this app: reading the account",
                 account.id, order_no)

@@ -257,3 +257,23 @@ def test_a_new_buys_row_has_the_name_and_last_price_the_app_knows(account, broke
     trade(run, account, broker, "005930", "buy", 2)  # a market buy: no price of its own
     item = WatchlistItem.objects.get(watchlist__account=account, stock_code="005930")
     assert (item.name, item.current_price, item.eval_amount) == ("종목005930", 71_000, 142_000)
+
+
+def test_a_fill_notice_that_comes_before_its_trade_is_applied_confirms_it_once_applied(
+    account, broker, run, redis_client
+):
+    from trading.services import OrderResult, TradeOutcome
+    from watchlist import trades
+
+    sync(run, account, broker)
+    service = WatchlistService(account, broker)
+    intent = service.register_order("005930", "buy", 2)  # as the trade does before the order leaves
+    order_id = broker.place_order("005930", "buy", 2)
+    run(trades.apply_fill_notice, account.id, order_no=order_id, side="buy", stock_code="005930", qty=2,
+        price=70_100)
+    assert not items(account)
+
+    accepted = OrderResult(TradeOutcome.ACCEPTED, "accepted", order_no=order_id)
+    run(trades._apply_accepted_order, service, accepted, "005930", "buy", 2, None, intent)
+    item = WatchlistItem.objects.get(watchlist__account=account, stock_code="005930")
+    assert (item.quantity, item.pending, item.current_price) == (2, False, 70_100)

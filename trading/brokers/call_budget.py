@@ -28,6 +28,10 @@ from ..redis import redis_client
 from .base import RateLimited
 
 
+class NoCallSlot(RateLimited):
+    """Refused here, before sending: the app key's queue would not reach this call within MAX_WAIT."""
+
+
 class Priority(enum.IntEnum):
     """Lower goes first."""
 
@@ -90,7 +94,7 @@ def _keys(key_id: str) -> list[str]:
 
 def wait_for_turn(key_id: str, rate: float, priority: Priority | Callable[[], Priority]) -> None:
     """Block until this call of app key `key_id` may be sent. `priority` may be a function, asked
-    again at every poll, so a read waited for by more urgent callers moves up. Raises RateLimited
+    again at every poll, so a read waited for by more urgent callers moves up. Raises NoCallSlot
     when the turn does not come within MAX_WAIT."""
     client = redis_client()
     script = _take_turn_script(id(client))
@@ -106,7 +110,7 @@ def wait_for_turn(key_id: str, rate: float, priority: Priority | Callable[[], Pr
         if time.monotonic() >= deadline:
             client.zrem(keys[0], ticket)
             client.hdel(keys[1], ticket)
-            raise RateLimited(f"no call slot of this app key within {MAX_WAIT:g}s: too many calls are queued")
+            raise NoCallSlot(f"no call slot of this app key within {MAX_WAIT:g}s: too many calls are queued")
         pause = abs(wait_us) / 1_000_000
         time.sleep(pause if wait_us > 0 else min(max(pause, 0.002), LONGEST_POLL))
 
