@@ -3,6 +3,7 @@ user, through Daphne (or --server uvicorn), the --layer channel layer, PostgreSQ
 the KIS simulator.
 
     scripts/bench trade_to_screen [--trades 200 --accounts 10]
+    scripts/bench trade_to_screen --limits default,lifted --back-to-back 5
 
 `--accounts` users, each with one simulator account and one token socket open. Trades go one at a
 time, round robin over the accounts, a market buy of 1 then a sell of 1 on each (holdings stay
@@ -12,6 +13,15 @@ is from sending the POST until its socket has the watchlist_changed of the versi
 same server: the POST's own HTTP round trip, and a plain GET /api/watchlist/ after each trade.
 The KIS client-side rate limit is lifted (KIS_RATE_LIMIT_PAPER), and the simulator's with it (--rate-limit off).
 Targets: p50 <= 50 ms, p99 <= 150 ms.
+
+With --limits (default,lifted or either), one account per limit trades instead, as a trader does, at
+KIS's limits (paper 2/s: client KIS_RATE_LIMIT_PAPER 2, simulator 2; real: client 18, simulator 20)
+and lifted, one after another in the same run: a trade after a quiet second (--quiet times), and
+--rounds bursts of --back-to-back trades, each sent as soon as the previous one is on the screen.
+Beside the times: the simulator's /uapi/ calls per market order (its reads included, counted once
+the reads they queued are done) and the EGW00201 answers it gave. Targets at paper 2/s: quiet
+p50 <= 60 ms, every back-to-back trade <= 600 ms, <= 2 calls per order, 0 EGW00201; at real 18/s:
+back-to-back p99 <= 150 ms.
 """
 
 from __future__ import annotations
@@ -35,10 +45,23 @@ TIMEOUT = 30
 FIRST_CANO = 81_000_000
 
 
+LIMITS = {  # name: (client-side calls/s, simulator calls/s or None, environment)
+    "lifted": ("100000", None, "paper"),
+    "paper": ("2", {"paper": 2, "real": 20}, "paper"),
+    "real": ("18", {"paper": 2, "real": 20}, "real"),
+}
+SETTLE = 3.0  # seconds after a phase for the reads it queued to be done before counting calls
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trades", type=int, default=200)
     parser.add_argument("--accounts", type=int, default=10)
+    parser.add_argument("--limits", help="default,lifted | default | lifted: trade as one trader at KIS's "
+                        "limits (paper 2/s and real 18/s) and/or lifted, instead of the round robin")
+    parser.add_argument("--back-to-back", type=int, default=5, help="trades per burst (with --limits)")
+    parser.add_argument("--rounds", type=int, default=4, help="bursts per limit (with --limits)")
+    parser.add_argument("--quiet", type=int, default=10, help="trades after a quiet second (with --limits)")
     ws_stack.add_common_arguments(parser)
     return parser.parse_args()
 
@@ -96,8 +119,97 @@ async def run_trades(url: str, seeded: list[tuple[int, str]], trades: int) -> di
     return times
 
 
+async def trade_once(http: httpx.AsyncClient, screen: Screen, token: str, side: str) -> float:
+    started = time.perf_counter()
+    answer = await http.post(f"/execute-{side}/{CODE}", json={"qty": 1}, headers={"Authorization": f"Token {token}"})
+    answer.raise_for_status()
+    return await screen.arrival_of(answer.json()["watchlist_version"]) - started
+
+
+async def trade_as_a_trader(url: str, token: str, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Quiet trades, then bursts; buys and sells alternate, so holdings stay bounded."""
+    socket = await connect(url.replace("http", "ws", 1) + "/ws/watchlist/",
+                           additional_headers={"Authorization": f"Token {token}"}, open_timeout=TIMEOUT)
+    await socket.recv()
+    screen = Screen(socket)
+    times: dict[str, list[float]] = {"quiet": [], "back_to_back": []}
+    sides = iter(["buy", "sell"] * (args.quiet + args.rounds * args.back_to_back))
+    async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as http:
+        for side in ("buy", "sell"):  # warm: KIS token, connections, templates
+            await trade_once(http, screen, token, side)
+        for _ in range(args.quiet):
+            await asyncio.sleep(1.0)
+            times["quiet"].append(await trade_once(http, screen, token, next(sides)))
+        for _ in range(args.rounds):
+            await asyncio.sleep(1.0)
+            for _ in range(args.back_to_back):
+                times["back_to_back"].append(await trade_once(http, screen, token, next(sides)))
+    await socket.close()
+    return times
+
+
+def run_limits(args: argparse.Namespace) -> None:
+    names = ["paper", "real", "lifted"] if args.limits == "default,lifted" else (
+        ["paper", "real"] if args.limits == "default" else ["lifted"])
+    stack = ws_stack.Stack(args.database_admin_url, CHANNEL_LAYER=args.layer, KIS_TOKEN_MIN_INTERVAL="0")
+    simulator = start_simulator(stack.workdir / "simulator.log", "--rate-limit", "on")
+    from trading.models import BrokerAccount
+
+    rows, details = [], {"logs": str(stack.workdir)}
+    try:
+        for phase, name in enumerate(names):
+            client_rate, simulator_rates, environment = LIMITS[name]
+            simulator.set_limits(rate_limits=simulator_rates)
+            cano = FIRST_CANO + 100 * phase
+            [(account_id, token)] = ws_stack.seed_users(1, base_url=simulator.url, watched=None, cano_from=cano)
+            BrokerAccount.objects.filter(pk=account_id).update(environment=environment)
+            simulator._call("PUT", f"/_fake/accounts/{cano}", {"environment": environment})
+            simulator.set_holdings(str(cano), [{"stock_code": CODE, "quantity": 100, "avg_price": 70_000}])
+            stack.env.update(KIS_RATE_LIMIT_PAPER=client_rate, KIS_RATE_LIMIT_REAL=client_rate)
+            worker = celery_worker("bench", stack.env, stack.workdir / f"worker-{name}.log").start()
+            server = ws_stack.start_server(stack, args.server)
+            try:
+                before = simulator.limits()
+                times = asyncio.run(trade_as_a_trader(server.url, token, args))
+                time.sleep(SETTLE)
+                after = simulator.limits()
+            finally:
+                server.stop()
+                worker.stop()
+            key = f"PSbenchKey{cano}"
+            orders = len(times["quiet"]) + len(times["back_to_back"]) + 2  # the warm-up's two
+            calls = after["calls"].get(key, 0) - before["calls"].get(key, 0)
+            refused = after["egw00201"].get(key, 0) - before["egw00201"].get(key, 0)
+            label = {"paper": "paper 2/s", "real": "real 18/s", "lifted": "lifted"}[name]
+            quiet_p50 = ws_stack.percentile(times["quiet"], 0.5)
+            burst = times["back_to_back"]
+            rows += [
+                {"figure": f"{label}: trade to screen after a quiet second, p50 (ms)",
+                 "ours": ws_stack.millis(quiet_p50),
+                 **({"target": "<= 60 ms", "met": quiet_p50 <= 0.060} if name == "paper" else {})},
+                {"figure": f"{label}: {args.back_to_back} back to back, p50 / p99 / max (ms)",
+                 "ours": " / ".join(str(ws_stack.millis(v)) for v in (
+                     ws_stack.percentile(burst, 0.5), ws_stack.percentile(burst, 0.99), max(burst))),
+                 **({"target": "max <= 600 ms", "met": max(burst) <= 0.600} if name == "paper" else {}),
+                 **({"target": "p99 <= 150 ms", "met": ws_stack.percentile(burst, 0.99) <= 0.150}
+                    if name == "real" else {})},
+                {"figure": f"{label}: broker calls per market order (reads included)",
+                 "ours": round(calls / orders, 2), "target": "<= 2", "met": calls / orders <= 2},
+                {"figure": f"{label}: EGW00201 answers", "ours": refused, "target": "0", "met": refused == 0},
+            ]
+            details[name] = {kind: [ws_stack.millis(t) for t in values] for kind, values in times.items()} | {
+                "calls": calls, "orders": orders, "egw00201": refused}
+    finally:
+        simulator.close()
+        stack.close()
+    ws_stack.report("trade_to_screen", args, f"trade to screen as one trader, at KIS's limits and lifted "
+                    f"({args.quiet} quiet trades, {args.rounds} x {args.back_to_back} back to back)", rows, details)
+
+
 def main() -> None:
     args = parse_args()
+    if args.limits:
+        return run_limits(args)
     stack = ws_stack.Stack(args.database_admin_url, CHANNEL_LAYER=args.layer, KIS_RATE_LIMIT_PAPER="100000",
                            KIS_TOKEN_MIN_INTERVAL="0")
     simulator = start_simulator(stack.workdir / "simulator.log", "--rate-limit", "off")

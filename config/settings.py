@@ -230,6 +230,11 @@ WATCHLIST_SYNC_INTERVAL = int(os.environ.get("WATCHLIST_SYNC_INTERVAL", "30"))
 WATCHLIST_BACKOFF_MAX = int(os.environ.get("WATCHLIST_BACKOFF_MAX", "120"))
 WATCHLIST_PENDING_GRACE = int(os.environ.get("WATCHLIST_PENDING_GRACE", "60"))
 WATCHLIST_LOCK_TIMEOUT = int(os.environ.get("WATCHLIST_LOCK_TIMEOUT", "30"))
+# A registered order not applied after this long is given up by the next read (its trade died): more
+# than the longest order path (the call budget's wait, a token renewal, KIS_TIMEOUT).
+WATCHLIST_ORDER_DEADLINE = int(os.environ.get("WATCHLIST_ORDER_DEADLINE", "60"))
+# A manual sync waits this long for a read that began after it, then answers 503.
+WATCHLIST_MANUAL_SYNC_WAIT = float(os.environ.get("WATCHLIST_MANUAL_SYNC_WAIT", "8"))
 
 # /readyz: a heartbeat older than this means the process stopped working (watchlist/health.py).
 READY_BEAT_MAX_AGE = float(os.environ.get("READY_BEAT_MAX_AGE", "20"))

@@ -42,7 +42,7 @@ from .serializers import (
     QuantityField,
     SnapshotSerializer,
 )
-from .services import sync_and_record
+from .services import SyncNotServed, sync_now
 from .trades import place_trade
 
 TRADE_STATUS = {
@@ -271,13 +271,20 @@ class WatchlistSyncApi(APIView):
             429: OpenApiResponse(ErrorSerializer, description="More than 12 manual syncs of the account a minute; "
                                                               "`Retry-After` says when to try again."),
             502: OpenApiResponse(ErrorSerializer, description="The broker could not be read; the sync state records it."),
+            503: OpenApiResponse(ErrorSerializer, description="No read of the account could begin in time "
+                                 "(the app key's call budget is busy); Retry-After says when to ask again."),
         },
         tags=["watchlist"],
     )
     def post(self, request):
         account = requested_account(request)
         try:
-            result = sync_and_record(account)
+            result = sync_now(account)
+        except SyncNotServed as exc:
+            body = {"success": False, "message": "The account could not be read in time: the broker's call "
+                    "budget is busy. Try again shortly."}
+            return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": str(exc.retry_after)})
         except BrokerError as exc:
             message = _("The account could not be read from the broker: %(reason)s") % {"reason": exc.message}
             body = {"success": False, "message": message}

@@ -13,6 +13,9 @@ class Watchlist(models.Model):
         null=True, blank=True,
         help_text="The account's totals as the broker reported them at the last sync (selectors.totals_dict).",
     )
+    read_mark = models.BigIntegerField(
+        default=0, help_text="The mark (watchlist_mark sequence) of the newest balance read written."
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -98,16 +101,27 @@ class SyncState(models.Model):
 
 
 class PendingTrade(models.Model):
-    """An optimistic change made after the broker accepted an order, open until a sync resolves it.
+    """An order of the account as the watchlist follows it, open until a balance read settles it.
 
-    `expected_quantity` is what the account should hold of the code once the order fills (0: sold
-    out). A sync confirms it when the balance shows that quantity, and otherwise lets the account
-    win once the grace period since `created_at` has passed.
+    Registered (`sending`) before the order leaves; then `applied` (the optimistic change is in the
+    list), `filled` (a fill notice confirmed it), or `unknown` (the broker's answer was lost).
+    `settled_mark` is the watchlist_mark taken when its change was applied (or its outcome found
+    unknown): only a read that began after it (a greater read mark) may settle its code (docs/ARCHITECTURE.md,
+    "Consistency"). `expected_quantity` is what the account should hold of the code once the order
+    fills (0: sold out). A sync confirms it when the balance shows that quantity, and otherwise lets
+    the account win once the grace period since `created_at` has passed.
     """
+
+    class Status(models.TextChoices):
+        SENDING = "sending", "the order is on its way to the broker"
+        APPLIED = "applied", "accepted and applied to the watchlist"
+        FILLED = "filled", "confirmed by its fill notice"
+        UNKNOWN = "unknown", "the broker's answer was lost"
 
     class Resolution(models.TextChoices):
         CONFIRMED = "confirmed", "confirmed by the account"
         EXPIRED = "expired", "not confirmed within the grace period: the account won"
+        READ = "read", "settled by a read that began after its order's unknown outcome"
 
     watchlist = models.ForeignKey(Watchlist, on_delete=models.CASCADE, related_name="pending_trades")
     stock_code = models.CharField(max_length=6)
@@ -115,6 +129,12 @@ class PendingTrade(models.Model):
     qty = models.BigIntegerField()
     expected_quantity = models.BigIntegerField()
     order_id = models.CharField(max_length=32, blank=True)
+    status = models.CharField(max_length=7, choices=Status.choices, default=Status.APPLIED)
+    settled_mark = models.BigIntegerField(null=True, blank=True)
+    assumed_price = models.BigIntegerField(
+        null=True, blank=True, help_text="The fill price the optimistic change assumed."
+    )
+    filled_qty = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolution = models.CharField(max_length=9, choices=Resolution.choices, blank=True)

@@ -28,10 +28,11 @@ its market is open, so a client hears of it at least every 5 s. The message's ti
 time. Every `store_interval` (1 s) the latest prices go into the items (price, evaluation, P&L) with
 one UPDATE per feed, without a version bump or a message, so a snapshot after a reconnect shows them.
 
-Fills. A fill notice (CNTG_YN "2") queues an immediate reconciling sync of its account, so a pending
-item is confirmed within a second of the fill instead of at the next periodic sync. The notice's
-CUST_ID is compared with the accounts' HTS ids trimmed and case-folded; a notice that matches no
-account of its session is logged with that session, never dropped in silence.
+Fills. A fill notice (CNTG_YN "2") confirms its order's pending change by itself, with the notice's
+quantity and price (watchlist.trades.apply_fill_notice); one of an order this app did not place
+queues a read of its account. The notice's CUST_ID is compared with the accounts' HTS ids trimmed and
+case-folded; a notice that matches no account of its session is logged with that session, never
+dropped in silence.
 
 Problems. What a session cannot do for an account (the broker refuses the session, or drops it after
 the account's fill-notice registration, which is then suspended) goes into the account's
@@ -77,7 +78,7 @@ from trading.brokers.realtime import (
 )
 from trading.models import BrokerAccount
 
-from . import events, health, jobs, metrics
+from . import events, health, metrics, trades
 from .models import SyncState, WatchlistItem
 from .selectors import sync_status_dict
 
@@ -503,7 +504,7 @@ class PriceFeed:
         matching = [a for a in accounts if notice.account_no.startswith(a.account_number)] or accounts
         for account in matching:
             logger.info(
-                "fill notice account=%s order=%s %s %s x%d at %d: syncing now",
+                "fill notice account=%s order=%s %s %s x%d at %d",
                 account.id,
                 notice.order_no,
                 notice.side,
@@ -511,6 +512,8 @@ class PriceFeed:
                 notice.qty,
                 notice.price,
             )
-            task = asyncio.create_task(database_sync_to_async(jobs.request_sync)(account.id))
+            task = asyncio.create_task(database_sync_to_async(trades.apply_fill_notice)(
+                account.id, order_no=notice.order_no, side=notice.side, stock_code=notice.stock_code,
+                qty=notice.qty, price=notice.price))
             self._fill_syncs.add(task)
             task.add_done_callback(self._fill_syncs.discard)

@@ -9,23 +9,19 @@ row. The broadcast is sent by `transaction.on_commit` while the lock is still he
 of one account leave in version order. An unchanged account costs the same few queries whatever its
 size; a price-only move refreshes the stored values without a version and without a message.
 
-Optimistic trades and the stale balance. `handle_trade_event` applies an accepted order at once
-(pending) and records it as an open `PendingTrade` with the quantity the account should show once it
-fills. Because the balance is read outside the write lock, a sync may apply a balance read *before*
-a trade committed. So the sync notes the newest PendingTrade id before it reads (ids of one
-watchlist are allocated under the write lock, so they follow commit order) and, per code with open
-intents:
-- an intent newer than that mark: the balance predates it; the stored (optimistic) item stays as is,
-  whether the stale balance shows it or not (a sold-out item does not come back);
-- the balance shows the expected quantity: confirmed, `pending` clears (an `updated` change);
-- not shown yet, within WATCHLIST_PENDING_GRACE of the intent: the optimistic item stays;
-- not shown after the grace period: the account wins (cause `sync`, the change's note says which
-  orders were not confirmed).
-"Now" comes from an injectable clock, so tests move time instead of sleeping.
-The opposite race, a balance read that sees an order's fill before its trade event applied it (which
-would count the order twice), is kept out by the trade API: it holds the sync lock from before the
-order leaves until the event is committed (`locks.trade_in_flight`). Nothing in a balance could tell
-that case apart from an order not filled yet.
+Orders, reads and marks (docs/ARCHITECTURE.md, "Consistency"). No lock is held across a broker
+call. Every order is registered as a `sending` PendingTrade before it leaves (`register_order`), its
+effect is applied once the broker accepts it (`handle_trade_event`), and a fill notice confirms it
+(`confirm_fill`). Each local change of a code stamps its intent with a mark from the watchlist_mark
+sequence; a balance read takes a mark just before it begins. A read settles a code only when every
+open intent of the code was stamped before the read began; otherwise the stored item stands, so a
+read that overlapped an order can neither count its fill twice nor undo a newer optimistic change.
+A settled intent is confirmed when the balance shows its expected quantity, kept within
+WATCHLIST_PENDING_GRACE, and expired (the account wins) after it. A `sending` intent older than
+WATCHLIST_ORDER_DEADLINE is given up by the read (its trade died, or will be refused: a late writer
+finds its intent no longer `sending` and only asks for a sync). Of two reads, the one that began
+later wins: a read whose mark is below the last written one is dropped. "Now" comes from an
+injectable clock, so tests move time instead of sleeping.
 
 Sync state. Every attempt of the periodic task and of a manual sync is recorded by
 `record_sync_outcome`: success -> next attempt after WATCHLIST_SYNC_INTERVAL; the n-th failure in a
@@ -37,6 +33,7 @@ one out by the queue lease in the same UPDATE so it is not queued twice while it
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -48,9 +45,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from trading.brokers.base import Broker, BrokerError, Side, validate_order
+from trading.brokers.call_budget import NoCallSlot
 from trading.models import BrokerAccount
 
-from . import events, jobs
+from . import events, jobs, reads
 from .diff import ITEM_FIELDS, ItemState, WatchlistDiff, diff_items, holdings_from_balance
 from .locks import account_lock, sync_in_progress
 from .metrics import SYNC_OUTCOMES
@@ -69,6 +67,7 @@ class SyncResult:
     changes: WatchlistDiff
     version: int
     skipped: bool = False  # another sync of the account was running; this one did nothing
+    read_number: int = 0  # reads.read_begins of the read written (0: skipped, or dropped as stale)
 
 
 @dataclass
@@ -78,6 +77,7 @@ class Reconciliation:
     target: dict[str, ItemState]
     confirmed: list[PendingTrade] = field(default_factory=list)
     expired: list[PendingTrade] = field(default_factory=list)
+    settled: list[PendingTrade] = field(default_factory=list)  # unknown outcomes the read now tells
 
     def note(self, grace: timedelta) -> str:
         if not self.expired:
@@ -98,25 +98,36 @@ def reconcile(
     read_mark: int,
     now: datetime,
     grace: timedelta,
+    order_deadline: timedelta,
 ) -> Reconciliation:
-    """The account's holdings, except where an open optimistic change must stand (module docstring).
+    """The account's holdings, except where an open intent must stand (module docstring).
 
-    `open_intents` come in id order; `read_mark` is the newest intent id when the balance read began."""
+    `open_intents` come in id order; `read_mark` is the mark taken as the balance read began."""
     intents_by_code: dict[str, list[PendingTrade]] = {}
     for intent in open_intents:
         intents_by_code.setdefault(intent.stock_code, []).append(intent)
 
     result = Reconciliation(target=dict(holdings))
     for code, intents in intents_by_code.items():
-        latest = intents[-1]
+        given_up = [i for i in intents
+                    if i.status == PendingTrade.Status.SENDING and now - i.created_at > order_deadline]
+        live = [i for i in intents if i not in given_up]
+        if any(i.settled_mark is None or i.settled_mark > read_mark for i in live):
+            _keep_optimistic(result.target, code, stored.get(code), holdings.get(code))
+            continue
+        result.expired.extend(given_up)
+        applied = [i for i in live if i.status in (PendingTrade.Status.APPLIED, PendingTrade.Status.FILLED)]
+        if not applied:
+            result.settled.extend(live)
+            continue
+        latest = max(applied, key=lambda i: i.settled_mark)  # applied last: its expected quantity counts all
         held = holdings.get(code)
-        confirmed = (held.quantity if held else 0) == latest.expected_quantity
-        if latest.id > read_mark or (not confirmed and now - latest.created_at < grace):
+        if (held.quantity if held else 0) == latest.expected_quantity:
+            result.confirmed.extend(live)
+        elif now - latest.created_at < grace:
             _keep_optimistic(result.target, code, stored.get(code), held)
-        elif confirmed:
-            result.confirmed.extend(intents)
         else:
-            result.expired.extend(intents)
+            result.expired.extend(live)
     return result
 
 
@@ -148,6 +159,17 @@ def optimistic_item(held: ItemState | None, stock_code: str, trade_type: Side, q
     return held.revalued(quantity=quantity, avg_price=avg_price, pending=True)
 
 
+def filled_item(item: ItemState, intent: PendingTrade, qty: int, price: int) -> ItemState:
+    """The item once `qty` of the intent's order filled at `price`: a buy's assumed price gives way to
+    the real one; pending clears when the whole order filled."""
+    done = intent.filled_qty >= intent.qty
+    if intent.side != "buy" or intent.assumed_price is None:
+        return replace(item, pending=not done)
+    avg_price = item.avg_price + (price - intent.assumed_price) * qty / item.quantity
+    current_price = price if item.current_price in (0, intent.assumed_price) else item.current_price
+    return item.revalued(avg_price=avg_price, current_price=current_price, pending=not done)
+
+
 class WatchlistService:
     def __init__(self, account: BrokerAccount, broker: Broker | None = None, *,
                  clock: Clock = timezone.now) -> None:
@@ -166,39 +188,55 @@ class WatchlistService:
     # --- sync -----------------------------------------------------------------------------------
 
     def sync_with_account(self) -> SyncResult:
-        """Make the watchlist the account's holdings. Raises BrokerError, leaving the watchlist untouched."""
+        """Make the watchlist the account's holdings. Raises BrokerError, leaving the watchlist untouched.
+
+        The read waits for its turn in the app key's call budget at the priority its waiters asked for
+        (reads.want_read); requests made until it begins are served by it."""
         watchlist = self._watchlist()
-        with sync_in_progress(self.account.id, on_sync_wanted=jobs.request_sync) as acquired:
+        account_id = self.account.id
+        with sync_in_progress(account_id, on_sync_wanted=jobs.request_sync) as acquired:
             if not acquired:
-                logger.info("sync skipped account=%s: a sync or trade of it is running and will queue "
-                            "another sync when done", self.account.id)
+                logger.info("sync skipped account=%s: a sync of it is running and will queue "
+                            "another sync when done", account_id)
                 return SyncResult(WatchlistDiff(), watchlist.version, skipped=True)
-            read_mark = self._newest_intent_id(watchlist)
             try:
-                account_df = self.broker.get_acct_balance()
+                with self.broker.read_turn(lambda: reads.read_priority(account_id)):
+                    read_number = reads.read_begins(account_id)
+                    read_mark = next_mark()
+                    account_df = self.broker.get_acct_balance()
             except BrokerError as exc:
                 logger.warning("sync failed account=%s reason=%s msg_cd=%s: %s",
-                               self.account.id, exc.reason, exc.msg_cd or "-", exc.message)
+                               account_id, exc.reason, exc.msg_cd or "-", exc.message)
                 raise
             holding_stocks = holdings_from_balance(account_df)
-            return self._update_watchlist_from_holdings(holding_stocks, account_df, read_mark=read_mark)
+            result = self._update_watchlist_from_holdings(watchlist, holding_stocks, account_df, read_mark=read_mark)
+            if not result.skipped:
+                reads.read_written(account_id, read_number)
+                result = replace(result, read_number=read_number)
+            return result
 
-    def _update_watchlist_from_holdings(self, holding_stocks: dict[str, ItemState], account_df: pd.DataFrame,
-                                        *, read_mark: int) -> SyncResult:
+    def _update_watchlist_from_holdings(self, watchlist: Watchlist, holding_stocks: dict[str, ItemState],
+                                        account_df: pd.DataFrame, *, read_mark: int) -> SyncResult:
         now = self.clock()
         grace = timedelta(seconds=settings.WATCHLIST_PENDING_GRACE)
+        deadline = timedelta(seconds=settings.WATCHLIST_ORDER_DEADLINE)
         with account_lock(self.account.id), transaction.atomic(durable=True):
-            watchlist = Watchlist.objects.get(account=self.account)
+            if _claim_read(watchlist, read_mark) is None:
+                logger.info("sync of account=%s dropped: a read that began later is written already",
+                            self.account.id)
+                return SyncResult(WatchlistDiff(), watchlist.version, skipped=True)
             items = {item.stock_code: item for item in watchlist.items.all()}
             stored = {code: ItemState.of(item) for code, item in items.items()}
             open_intents = watchlist.pending_trades.filter(resolved_at__isnull=True).order_by("id")
-            plan = reconcile(stored, holding_stocks, open_intents, read_mark=read_mark, now=now, grace=grace)
+            plan = reconcile(stored, holding_stocks, open_intents, read_mark=read_mark, now=now, grace=grace,
+                             order_deadline=deadline)
             changes = diff_items(stored, plan.target)
             self._save_totals(watchlist, account_df.attrs.get("totals"))
             version = self._save_changes(watchlist, items, plan.target, changes,
                                          cause=WatchlistChange.Cause.SYNC, note=plan.note(grace))
             _resolve(plan.confirmed, PendingTrade.Resolution.CONFIRMED, now)
             _resolve(plan.expired, PendingTrade.Resolution.EXPIRED, now)
+            _resolve(plan.settled, PendingTrade.Resolution.READ, now)
         if plan.expired:
             logger.warning("account=%s version=%s: %s", self.account.id, version, plan.note(grace))
         logger.info("synced account=%s version=%s balance_rows=%d holdings=%d changes=%s repriced=%d",
@@ -208,33 +246,109 @@ class WatchlistService:
 
     # --- trades -----------------------------------------------------------------------------------
 
-    def handle_trade_event(self, stock_code: str, trade_type: Side, qty: int, *, order_id: str = "",
-                           price: int | None = None, name: str | None = None) -> int:
-        """Apply an order the broker accepted, at once and pending; queue the reconciling sync.
+    def register_order(self, stock_code: str, trade_type: Side, qty: int) -> PendingTrade:
+        """Record an order about to leave (`sending`), committed before it leaves: until it is applied,
+        no read can settle its code."""
+        return PendingTrade.objects.create(
+            watchlist=self._watchlist(), stock_code=stock_code, side=trade_type, qty=qty, expected_quantity=0,
+            status=PendingTrade.Status.SENDING, created_at=self.clock(),
+        )
 
+    def order_not_placed(self, intent: PendingTrade) -> None:
+        PendingTrade.objects.filter(pk=intent.pk, status=PendingTrade.Status.SENDING).delete()
+
+    def order_outcome_unknown(self, intent: PendingTrade) -> None:
+        """The order may exist: its code waits for a read that begins after now."""
+        with account_lock(self.account.id), transaction.atomic(durable=True):
+            PendingTrade.objects.filter(pk=intent.pk, status=PendingTrade.Status.SENDING).update(
+                status=PendingTrade.Status.UNKNOWN, settled_mark=next_mark()
+            )
+        jobs.request_waited_sync(self.account.id)
+
+    def handle_trade_event(self, stock_code: str, trade_type: Side, qty: int, *, order_id: str = "",
+                           price: int | None = None, name: str | None = None,
+                           intent: PendingTrade | None = None) -> int | None:
+        """Apply an order the broker accepted, at once and pending; queue the reconciling read.
+
+        `intent`: the order's registration (register_order); a read that gave it up meanwhile refuses
+        the change (the read may have counted the fill), and only a sync is asked for (None returned).
         Returns the watchlist version after the change. Must not run inside an outer transaction: its
         own commits and broadcast happen under the account lock."""
         validate_order(stock_code, trade_type, qty, price)
         watchlist = self._watchlist()
         with account_lock(self.account.id), transaction.atomic(durable=True):
+            if intent is not None and not PendingTrade.objects.filter(
+                pk=intent.pk, status=PendingTrade.Status.SENDING, resolved_at__isnull=True
+            ).exists():
+                refused = True
+            else:
+                refused = False
+                version, changes = self._apply_order(watchlist, stock_code, trade_type, qty, order_id, price,
+                                                     name, intent)
+        if refused:
+            logger.warning("trade event account=%s %s %s x%s order=%s refused: a read gave its order up",
+                           self.account.id, trade_type, stock_code, qty, order_id or "-")
+            jobs.request_waited_sync(self.account.id)
+            return None
+        logger.info("trade event account=%s %s %s x%s order=%s version=%s changes=%s",
+                    self.account.id, trade_type, stock_code, qty, order_id or "-", version, changes.as_dict())
+        jobs.request_waited_sync(self.account.id)
+        return version
+
+    def _apply_order(self, watchlist: Watchlist, stock_code: str, trade_type: Side, qty: int,
+                     order_id: str, price: int | None, name: str | None,
+                     intent: PendingTrade | None) -> tuple[int, WatchlistDiff]:
+        watchlist.refresh_from_db(fields=["version"])
+        item = watchlist.items.filter(stock_code=stock_code).first()
+        stored = {stock_code: ItemState.of(item)} if item else {}
+        known = None if item else known_stock(stock_code)
+        expected = optimistic_item(stored.get(stock_code), stock_code, trade_type, qty,
+                                   price or (known.price if known else None),
+                                   name or (known.name if known else stock_code))
+        target = {stock_code: expected} if expected else {}
+        changes = diff_items(stored, target)
+        version = self._save_changes(watchlist, {stock_code: item} if item else {}, target, changes,
+                                     cause=WatchlistChange.Cause(trade_type))
+        fields = {
+            "expected_quantity": expected.quantity if expected else 0, "order_id": order_id,
+            "status": PendingTrade.Status.APPLIED, "settled_mark": next_mark(),
+            "assumed_price": int(expected.current_price) if expected and trade_type == "buy" else None,
+        }
+        if intent is not None:
+            PendingTrade.objects.filter(pk=intent.pk).update(**fields)
+        elif changes:
+            PendingTrade.objects.create(watchlist=watchlist, stock_code=stock_code, side=trade_type, qty=qty,
+                                        created_at=self.clock(), **fields)
+        return version, changes
+
+    def confirm_fill(self, order_id: str, stock_code: str, trade_type: Side, qty: int,
+                     price: int) -> int | None:
+        """A fill notice of an applied order: its quantity and price settle the item without a read.
+        Returns the watchlist version after it.
+
+        None when no applied intent has that order number (the trade has not applied it yet, or the
+        order is not one of this app's)."""
+        watchlist = self._watchlist()
+        with account_lock(self.account.id), transaction.atomic(durable=True):
+            intent = (watchlist.pending_trades.select_for_update()
+                      .filter(order_id=order_id, stock_code=stock_code, resolved_at__isnull=True,
+                              status__in=[PendingTrade.Status.APPLIED, PendingTrade.Status.FILLED]).first())
+            if intent is None:
+                return None
             watchlist.refresh_from_db(fields=["version"])
+            intent.filled_qty += qty
             item = watchlist.items.filter(stock_code=stock_code).first()
             stored = {stock_code: ItemState.of(item)} if item else {}
-            expected = optimistic_item(stored.get(stock_code), stock_code, trade_type, qty, price,
-                                       name or stock_code)
-            target = {stock_code: expected} if expected else {}
+            target = dict(stored)
+            if item is not None:
+                target[stock_code] = filled_item(stored[stock_code], intent, qty, price)
             changes = diff_items(stored, target)
             version = self._save_changes(watchlist, {stock_code: item} if item else {}, target, changes,
                                          cause=WatchlistChange.Cause(trade_type))
-            if changes:
-                PendingTrade.objects.create(
-                    watchlist=watchlist, stock_code=stock_code, side=trade_type, qty=qty,
-                    expected_quantity=expected.quantity if expected else 0, order_id=order_id,
-                    created_at=self.clock(),
-                )
-        logger.info("trade event account=%s %s %s x%s order=%s version=%s changes=%s",
-                    self.account.id, trade_type, stock_code, qty, order_id or "-", version, changes.as_dict())
-        jobs.request_sync(self.account.id)
+            intent.status = PendingTrade.Status.FILLED
+            intent.save(update_fields=["filled_qty", "status"])
+        logger.info("fill notice account=%s order=%s %s %s x%s at %s version=%s changes=%s", self.account.id,
+                    order_id, trade_type, stock_code, qty, price, version, changes.as_dict())
         return version
 
     # --- writing ----------------------------------------------------------------------------------
@@ -249,10 +363,6 @@ class WatchlistService:
         if totals is not None and totals != watchlist.totals:
             Watchlist.objects.filter(pk=watchlist.pk).update(totals=totals)
             watchlist.totals = totals
-
-    @staticmethod
-    def _newest_intent_id(watchlist: Watchlist) -> int:
-        return watchlist.pending_trades.order_by("-id").values_list("id", flat=True).first() or 0
 
     def _save_changes(self, watchlist: Watchlist, items: dict[str, WatchlistItem],
                       target: dict[str, ItemState], changes: WatchlistDiff, *, cause: str,
@@ -316,6 +426,45 @@ def _update_items(items: list[WatchlistItem]) -> None:
         cursor.executemany(statement, rows)
 
 
+def _claim_read(watchlist: Watchlist, read_mark: int) -> Watchlist | None:
+    """Record `read_mark` as the newest read written and refresh `watchlist`'s version, in one statement;
+    None when a read that began later was written already."""
+    table = Watchlist._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET read_mark = %s WHERE id = %s AND read_mark <= %s RETURNING version",
+                       [read_mark, watchlist.pk, read_mark])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    watchlist.version, watchlist.read_mark = row[0], read_mark
+    return watchlist
+
+
+def next_mark() -> int:
+    """The next value of the watchlist_mark sequence: it orders read starts and local changes (on
+    SQLite, whose writers take turns, a counter stands in for the sequence: migration 0005)."""
+    if connection.vendor == "postgresql":
+        statement = "SELECT nextval('watchlist_mark')"
+    else:
+        statement = "UPDATE watchlist_mark SET value = value + 1 RETURNING value"
+    with connection.cursor() as cursor:
+        cursor.execute(statement)
+        return cursor.fetchone()[0]
+
+
+@dataclass(frozen=True)
+class KnownStock:
+    name: str
+    price: int
+
+
+def known_stock(stock_code: str) -> KnownStock | None:
+    """The name and last price of a code some watchlist holds (the price feed keeps its price)."""
+    row = (WatchlistItem.objects.filter(stock_code=stock_code).exclude(name=stock_code)
+           .order_by("-updated_at").values_list("name", "current_price").first())
+    return KnownStock(*row) if row else None
+
+
 def _resolve(intents: list[PendingTrade], resolution: str, now: datetime) -> None:
     if intents:
         PendingTrade.objects.filter(id__in=[intent.id for intent in intents]).update(
@@ -375,6 +524,36 @@ def sync_and_record(account: BrokerAccount, broker: Broker | None = None) -> Syn
     if not result.skipped:
         record_sync_outcome(account.id)
     return result
+
+
+class SyncNotServed(Exception):
+    """No balance read that began after the request was written in time (the call budget is busy)."""
+
+    retry_after = 2  # seconds
+
+
+MANUAL_SYNC_POLL = 0.02  # seconds between looks at a running sync of the account
+
+
+def sync_now(account: BrokerAccount, broker: Broker | None = None) -> SyncResult:
+    """A manual sync: its answer reflects a balance read that began after this call, ours or one that
+    was waiting for its turn, within WATCHLIST_MANUAL_SYNC_WAIT. Raises SyncNotServed beyond it and the
+    BrokerError of a failed read of ours."""
+    asked_after = reads.begun(account.id)
+    reads.want_read(account.id)
+    deadline = time.monotonic() + settings.WATCHLIST_MANUAL_SYNC_WAIT
+    while True:
+        try:
+            result = sync_and_record(account, broker)
+        except NoCallSlot as exc:
+            raise SyncNotServed(exc.message) from exc
+        if not result.skipped:
+            return result
+        if reads.written(account.id) > asked_after:
+            return replace(result, skipped=False)
+        if time.monotonic() >= deadline:
+            raise SyncNotServed(f"no read of account {account.id} within {settings.WATCHLIST_MANUAL_SYNC_WAIT:g}s")
+        time.sleep(MANUAL_SYNC_POLL)
 
 
 def claim_due_syncs(now: datetime | None = None) -> dict[int, datetime | None]:

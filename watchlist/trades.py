@@ -1,20 +1,24 @@
-"""A trade asked for by the trader: the order placed once (trading.services), then its effect on the
-watchlist at once, pending, and a sync queued to reconcile with the account.
+"""A trade asked for by the trader: the order registered, placed once (trading.services), then its
+effect on the watchlist at once, pending, and a read queued to reconcile with the account; and the
+fill notices that confirm such a change without a read.
 
-Trades of one account take turns, and no sync of it runs meanwhile (`locks.trade_in_flight`), from
-before the order leaves until the watchlist holds its optimistic change: a balance read in between
-could see the fill before the optimistic change exists and count it twice.
+No lock is held while the order is with the broker, so a trade never waits for a sync's read: the
+registration (`WatchlistService.register_order`) keeps any read that overlaps the order from settling
+its code (docs/ARCHITECTURE.md, "Consistency").
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 
+from django.db import DatabaseError
 from django.utils.translation import gettext as _
 
 from trading.brokers.base import Broker, InvalidOrder, Side, validate_order
 from trading.models import BrokerAccount
+from trading.redis import redis_client
 from trading.services import (
     OrderResult,
     TradeOutcome,
@@ -25,8 +29,7 @@ from trading.services import (
 )
 
 from . import jobs
-from .locks import trade_in_flight
-from .models import SyncState, WatchlistItem
+from .models import PendingTrade, SyncState, WatchlistItem
 from .services import WatchlistService
 
 logger = logging.getLogger(__name__)
@@ -67,9 +70,9 @@ def place_trade(
 ) -> TradeResult:
     """Place one cash order for the user and apply it to the watchlist at once.
 
-    Raises InvalidOrder (bad input, nothing sent), AccountNotFound, and AccountLockTimeout (the
-    account stayed busy, nothing sent); every other outcome, including the broker's refusals and
-    failures, is a TradeResult. With an `idempotency_key`, the first valid request with that key
+    Raises InvalidOrder (bad input, nothing sent), AccountNotFound, and DatabaseError when the order
+    could not be recorded before leaving (nothing sent); every other outcome, including the broker's
+    refusals and failures, is a TradeResult. With an `idempotency_key`, the first valid request with that key
     is the only one that can send an order; later ones (concurrent ones wait for it) get its
     result. Must not run inside a transaction (see trading.services.run_once).
     """
@@ -77,11 +80,10 @@ def place_trade(
     if idempotency_key is not None and (key_error := idempotency_key_error(idempotency_key)):
         raise InvalidOrder({"idempotency_key": key_error})
     account = user_account(user=user, account_id=account_id)
-    with trade_in_flight(account.id, on_sync_wanted=jobs.request_sync):
-        if idempotency_key is None:
-            return _trade(account, stock_code, side, qty, price, broker)
-        answer = run_once(user=user, key=idempotency_key,
-                          action=lambda: _trade(account, stock_code, side, qty, price, broker).to_json())
+    if idempotency_key is None:
+        return _trade(account, stock_code, side, qty, price, broker)
+    answer = run_once(user=user, key=idempotency_key,
+                      action=lambda: _trade(account, stock_code, side, qty, price, broker).to_json())
     if answer is None:
         return TradeResult(
             TradeOutcome.KEY_IN_FLIGHT,
@@ -117,12 +119,22 @@ def _trade(
                 qty,
             )
 
-    order = place_order(account=account, stock_code=stock_code, side=side, qty=qty, price=price, broker=broker)
+    service = WatchlistService(account, broker=broker)
+    intent = service.register_order(stock_code, side, qty)
+    try:
+        order = place_order(account=account, stock_code=stock_code, side=side, qty=qty, price=price, broker=broker)
+    except DatabaseError:
+        # The order's own row could not be written, so it was not sent: nothing for a read to wait for.
+        with suppress(DatabaseError):
+            service.order_not_placed(intent)
+        raise
     version = None
     if order.outcome is TradeOutcome.ACCEPTED and not order.needs_reconcile:
-        version = _apply_accepted_order(account, order, stock_code, side, qty, price, broker)
+        version = _apply_accepted_order(service, order, stock_code, side, qty, price, intent)
     elif order.needs_reconcile:
-        jobs.request_sync(account.id)
+        service.order_outcome_unknown(intent)
+    else:
+        service.order_not_placed(intent)
     return _trade_result(order, stock_code, qty, version)
 
 
@@ -131,13 +143,17 @@ def _trade_result(order: OrderResult, stock_code: str, qty: int, version: int | 
                        watchlist_version=version, broker_code=order.broker_code)
 
 
-def _apply_accepted_order(account: BrokerAccount, order: OrderResult, stock_code: str, side: Side, qty: int,
-                          price: int | None, broker: Broker | None) -> int | None:
-    """Update the watchlist for an accepted order; the order stands whatever fails here."""
+def _apply_accepted_order(service: WatchlistService, order: OrderResult, stock_code: str, side: Side, qty: int,
+                          price: int | None, intent: PendingTrade) -> int | None:
+    """Update the watchlist for an accepted order, and with a fill notice that came first; the order
+    stands whatever fails here."""
+    account = service.account
     try:
-        version = WatchlistService(account, broker=broker).handle_trade_event(
-            stock_code, side, qty, order_id=order.order_no, price=price
-        )
+        version = service.handle_trade_event(stock_code, side, qty, order_id=order.order_no, price=price,
+                                             intent=intent)
+        if version is not None and (early := redis_client().getdel(_early_fill_key(account.id, order.order_no))):
+            fill_qty, fill_price = map(int, early.split(b":"))
+            version = service.confirm_fill(order.order_no, stock_code, side, fill_qty, fill_price) or version
     except Exception:
         logger.exception("accepted order_no=%s account=%s stock=%s not applied to the watchlist",
                          order.order_no, account.id, stock_code)
@@ -146,3 +162,38 @@ def _apply_accepted_order(account: BrokerAccount, order: OrderResult, stock_code
     logger.info("watchlist updated account=%s stock=%s order_no=%s version=%s",
                 account.id, stock_code, order.order_no, version)
     return version
+
+
+# --- fill notices ---------------------------------------------------------------------------------
+
+EARLY_FILL_TTL = 60  # seconds: longer than any order takes to be applied after its answer
+
+
+def _early_fill_key(account_id: int, order_no: str) -> str:
+    return f"watchlist:account:{account_id}:early-fill:{order_no}"
+
+
+def apply_fill_notice(account_id: int, *, order_no: str, side: Side, stock_code: str, qty: int,
+                      price: int) -> None:
+    """A fill notice from the real-time feed confirms its order's change by itself. One that arrives
+    before its trade applied the change waits for it; one of an order this app did not place (an
+    HTS order) asks for a read."""
+    account = BrokerAccount.objects.filter(pk=account_id).first()
+    if account is None:
+        return
+    service = WatchlistService(account)
+    if service.confirm_fill(order_no, stock_code, side, qty, price) is not None:
+        return
+    in_flight = PendingTrade.objects.filter(watchlist__account=account, stock_code=stock_code, side=side,
+                                            status=PendingTrade.Status.SENDING, resolved_at__isnull=True)
+    if in_flight.exists():
+        key = _early_fill_key(account.id, order_no)
+        redis_client().set(key, f"{qty}:{price}", ex=EARLY_FILL_TTL)  # the trade picks it up once applied
+        applied = PendingTrade.objects.filter(watchlist__account=account, order_id=order_no).exists()
+        # Applied and looked before the notice was left: confirm here (getdel: only one of the two does).
+        if applied and redis_client().getdel(key):
+            service.confirm_fill(order_no, stock_code, side, qty, price)
+        return
+    logger.info("fill notice account=%s order=%s of no order of this app: reading the account",
+                account.id, order_no)
+    jobs.request_waited_sync(account.id)

@@ -2,7 +2,6 @@
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import pytest
 from django.core.cache import cache
@@ -249,31 +248,6 @@ def test_an_unreachable_broker_is_unavailable_and_an_order_is_not_sent(user, mak
         broker.get_price("005930")
     with pytest.raises(NotSent):  # not even a token could be had
         broker.place_order("005930", "buy", 1)
-
-
-# --- the client-side rate limit ----------------------------------------------------------------
-
-
-def test_the_rate_limit_spaces_calls_of_one_app_key_across_adapters(
-    simulator, sim_account, settings, redis_client, monkeypatch
-):
-    settings.KIS_RATE_LIMIT_PAPER = 0.25  # one call every 4 s
-    waits: list[float] = []
-    monkeypatch.setattr(
-        kis, "time", SimpleNamespace(time=time.time, sleep=waits.append)
-    )  # record, don't wait
-    first, second = KoreaInvestService(sim_account), KoreaInvestService(sim_account)
-    try:
-        first.get_price("005930")
-        second.get_price("005930")
-        first.get_price("005930")
-        assert waits[0] > 3 and waits[1] > 7  # the second and third calls were held for their slots
-
-        with pytest.raises(RateLimited):  # 12 s of calls would be queued: refused without a request
-            second.get_price("005930")
-        assert simulator.calls("inquire-price") == 3
-    finally:
-        redis_client.delete(f"kis:rate:{first.key_id}")  # free the slots this test booked far ahead
 
 
 def test_secrets_and_tokens_never_reach_the_logs(simulator, sim_account, redis_client, caplog, quick_timeout):

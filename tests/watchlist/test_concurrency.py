@@ -8,8 +8,6 @@ import pytest
 from django.db import connection
 
 from trading.brokers.memory import MemoryBroker
-from watchlist.jobs import request_sync
-from watchlist.locks import trade_in_flight
 from watchlist.models import PendingTrade, Watchlist, WatchlistChange, WatchlistItem
 from watchlist.services import WatchlistService
 
@@ -146,9 +144,10 @@ def test_concurrent_trades_and_syncs_give_gapless_versions_broadcast_in_order(ac
 
     def buy_and_apply(code):
         def call():
-            with trade_in_flight(account.id, on_sync_wanted=request_sync):  # as the trade API does: no sync sees the fill before the event
-                order_id = broker.place_order(code, "buy", 1)
-                return WatchlistService(account, broker).handle_trade_event(code, "buy", 1, order_id=order_id)
+            service = WatchlistService(account, broker)
+            intent = service.register_order(code, "buy", 1)  # as the trade API does, before the order leaves
+            order_id = broker.place_order(code, "buy", 1)
+            return service.handle_trade_event(code, "buy", 1, order_id=order_id, intent=intent)
 
         return call
 

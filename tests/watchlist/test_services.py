@@ -133,5 +133,5 @@ def test_an_unchanged_account_costs_a_constant_number_of_queries(
     statements = [
         q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))
     ]
-    # watchlist, newest intent, watchlist under the lock, items, open intents, one bulk price update
+    # watchlist, read mark, read claimed (with the version), items, open intents, one bulk price update
     assert len(statements) == 6, statements

@@ -216,3 +216,64 @@ def test_a_trade_event_validates_its_input(account, broker):
     with pytest.raises(InvalidOrder) as invalid:
         WatchlistService(account, broker).handle_trade_event("5930", "hold", 0)
     assert set(invalid.value.errors) == {"stock_code", "side", "qty"}
+
+
+# --- fill notices and new rows --------------------------------------------------------------------
+
+def test_a_fill_notice_confirms_a_buy_with_its_price_and_no_balance_read(account, broker, run, redis_client):
+    from watchlist.trades import apply_fill_notice
+
+    broker.set_holdings({"000660": 3})
+    sync(run, account, broker)
+    reads_before = broker.balance_calls
+    order_id = broker.place_order("005930", "buy", 4, 70_000)
+    run(WatchlistService(account, broker).handle_trade_event, "005930", "buy", 4, order_id=order_id, price=70_000)
+    run(apply_fill_notice, account.id, order_no=order_id, side="buy", stock_code="005930", qty=4, price=69_500)
+
+    item = WatchlistItem.objects.get(watchlist__account=account, stock_code="005930")
+    assert (item.quantity, item.pending, item.avg_price, item.current_price) == (4, False, 69_500, 69_500)
+    assert broker.balance_calls == reads_before
+    assert PendingTrade.objects.get(order_id=order_id).status == PendingTrade.Status.FILLED
+
+    sync(run, account, broker)  # the read that follows settles it: nothing to change but the P&L
+    assert PendingTrade.objects.get(order_id=order_id).resolution == PendingTrade.Resolution.CONFIRMED
+
+
+def test_a_fill_notice_of_an_order_not_placed_here_asks_for_a_read(account, broker, run, redis_client):
+    from watchlist.trades import apply_fill_notice
+
+    sync(run, account, broker)
+    run(apply_fill_notice, account.id, order_no="999", side="buy", stock_code="005930", qty=1, price=1_000)
+    assert queued_syncs(redis_client) == [f"({account.id},)"]
+    assert not items(account)
+
+
+def test_a_new_buys_row_has_the_name_and_last_price_the_app_knows(account, broker, run, user, make_account):
+    other = make_account(user, cano="50999999")
+    other_broker = MemoryBroker()
+    other_broker.set_holdings({"005930": 1}, prices={"005930": 71_000})
+    sync(run, other, other_broker)  # another watchlist holds it; the price feed keeps its price
+
+    trade(run, account, broker, "005930", "buy", 2)  # a market buy: no price of its own
+    item = WatchlistItem.objects.get(watchlist__account=account, stock_code="005930")
+    assert (item.name, item.current_price, item.eval_amount) == ("종목005930", 71_000, 142_000)
+
+
+def test_a_fill_notice_that_comes_before_its_trade_is_applied_confirms_it_once_applied(
+    account, broker, run, redis_client
+):
+    from trading.services import OrderResult, TradeOutcome
+    from watchlist import trades
+
+    sync(run, account, broker)
+    service = WatchlistService(account, broker)
+    intent = service.register_order("005930", "buy", 2)  # as the trade does before the order leaves
+    order_id = broker.place_order("005930", "buy", 2)
+    run(trades.apply_fill_notice, account.id, order_no=order_id, side="buy", stock_code="005930", qty=2,
+        price=70_100)
+    assert not items(account)
+
+    accepted = OrderResult(TradeOutcome.ACCEPTED, "accepted", order_no=order_id)
+    run(trades._apply_accepted_order, service, accepted, "005930", "buy", 2, None, intent)
+    item = WatchlistItem.objects.get(watchlist__account=account, stock_code="005930")
+    assert (item.quantity, item.pending, item.current_price) == (2, False, 70_100)

@@ -7,6 +7,8 @@ Every adapter (the real KIS one, the in-memory fake) implements `Broker`. Caller
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Literal, Protocol
 from zoneinfo import ZoneInfo
@@ -247,3 +249,7 @@ class Broker(Protocol):
 
     def get_price(self, stock_code: str) -> Quote:
         """The current price of one stock."""
+
+    def read_turn(self, priority: Callable[[], int]) -> AbstractContextManager[None]:
+        """Wait for the turn of a balance read's first call in the broker's call budget (`priority`, a
+        call_budget.Priority, asked again while waiting); the read made inside the block spends it."""

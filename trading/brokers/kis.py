@@ -6,10 +6,11 @@ Shared by every process through Redis:
   sooner than settings.KIS_TOKEN_MIN_INTERVAL after the last one (KIS answers EGW00133 and notifies
   the user's phone on every issue);
 - the rate limit of the app key (settings.KIS_RATE_LIMIT_REAL / _PAPER calls per second): every call
-  reserves the next free slot and waits for it.
+  waits for its turn in the app key's call budget (call_budget.py), orders first.
 Reads are tried up to READ_ATTEMPTS times on rate limits and outages. An order is sent once, and its
-failures say whether it may have reached KIS: NotSent (no connection, no token, the client-side rate
-limit) or else possibly sent (BrokerTimeout, SentButUnconfirmed, a server error), its outcome unknown. Logs name the account (masked) and the
+failures say whether it may have reached KIS: NotSent (no connection, no token, no turn in the call
+budget) or else possibly sent (BrokerTimeout, SentButUnconfirmed, a server error), its outcome unknown.
+Logs name the account (masked) and the
 tr_id, never a key, secret or token.
 """
 
@@ -24,9 +25,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -37,6 +38,7 @@ from django.core.cache import cache
 
 from .metrics import RATE_LIMIT_WAIT, counts_broker_calls
 from ..redis import redis_client
+from . import call_budget
 from .base import (
     KST,
     MAX_STOCK_NAME_LENGTH,
@@ -48,7 +50,6 @@ from .base import (
     BrokerTimeout,
     BrokerUnavailable,
     BrokerUnreachable,
-    ClientRateLimited,
     InvalidOrder,
     NotSent,
     OrderRejected,
@@ -119,21 +120,6 @@ BALANCE_RESTARTS = 2  # reads from page 1 again after SYDB0050, before giving up
 TOKEN_RENEW_MARGIN = 3600
 TOKEN_LOCK_TIMEOUT = 30
 TOKEN_ISSUE_REFUSED_HOLD = 60  # KIS issues one token a minute per app key; after EGW00133, wait that long
-MAX_RATE_WAIT = 10.0  # beyond this queue for one app key, refuse the call rather than wait
-
-# Reserve the next free call slot of one app key and answer how many microseconds to wait for it
-# (-1: the queue is longer than ARGV[2]). Redis's clock keeps every process on the same schedule.
-RESERVE_SLOT = """
-local now = redis.call('TIME')
-local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local slot = math.max(now_us, tonumber(redis.call('GET', KEYS[1]) or '0'))
-local wait = slot - now_us
-if wait > tonumber(ARGV[2]) then return -1 end
-local next_free = slot + tonumber(ARGV[1])
-local ttl_ms = math.floor((next_free - now_us) / 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.0f', next_free), 'PX', ttl_ms)
-return wait
-"""
 
 _shared_client: tuple[int, httpx.Client] | None = None
 _shared_client_lock = threading.Lock()
@@ -151,11 +137,6 @@ def http_client() -> httpx.Client:
             client = httpx.Client(limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
             _shared_client = (os.getpid(), client)
         return _shared_client[1]
-
-
-@lru_cache(maxsize=4)
-def reserve_slot_script(url: str):
-    return redis_client().register_script(RESERVE_SLOT)
 
 
 # --- where an account may point ---------------------------------------------------------------
@@ -443,6 +424,13 @@ class KoreaInvestService:
         self.label = f"account {account.pk} ({account.account_number[:4]}****-{account.product_code})"
 
     @property
+    def rate(self) -> float:
+        return settings.KIS_RATE_LIMIT_PAPER if self.environment == "paper" else settings.KIS_RATE_LIMIT_REAL
+
+    def read_turn(self, priority: Callable[[], call_budget.Priority]) -> AbstractContextManager[None]:
+        return call_budget.first_call_turn(self.key_id, self.rate, priority)
+
+    @property
     def http(self) -> httpx.Client:
         return self._http or http_client()
 
@@ -630,7 +618,8 @@ class KoreaInvestService:
         tr_cont: str = "",
         is_order: bool = False,
     ) -> tuple[dict, httpx.Headers]:
-        self._wait_for_rate_limit()
+        with RATE_LIMIT_WAIT.time():
+            call_budget.call_turn(self.key_id, self.rate, is_order=is_order, continuation=tr_cont == "N")
         headers = {
             "content-type": "application/json; charset=utf-8",
             "authorization": f"Bearer {token}",
@@ -722,14 +711,3 @@ class KoreaInvestService:
         raise AuthenticationFailed(
             message or f"KIS refused to issue a token (HTTP {response.status_code})", msg_cd=msg_cd
         )
-
-    def _wait_for_rate_limit(self) -> None:
-        rate = settings.KIS_RATE_LIMIT_PAPER if self.environment == "paper" else settings.KIS_RATE_LIMIT_REAL
-        wait_us = reserve_slot_script(settings.REDIS_URL)(
-            keys=[f"kis:rate:{self.key_id}"], args=[int(1_000_000 / rate), int(MAX_RATE_WAIT * 1_000_000)]
-        )
-        if wait_us < 0:
-            raise ClientRateLimited(f"more than {MAX_RATE_WAIT:g}s of calls are already queued for this app key")
-        RATE_LIMIT_WAIT.observe(wait_us / 1_000_000)
-        if wait_us:
-            time.sleep(wait_us / 1_000_000)

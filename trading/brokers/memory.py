@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -35,6 +37,9 @@ class MemoryBroker:
         for code, spec in holdings.items():
             quantity, avg = spec if isinstance(spec, tuple) else (spec, 10_000.0)
             self.positions[code] = MemoryPosition(f"종목{code}", quantity, float(avg), prices.get(code, int(avg)))
+
+    def read_turn(self, priority: Callable[[], int]) -> AbstractContextManager[None]:
+        return nullcontext()  # no call budget
 
     def get_acct_balance(self) -> pd.DataFrame:
         with self._lock:
