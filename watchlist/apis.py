@@ -281,8 +281,8 @@ class WatchlistSyncApi(APIView):
         try:
             result = sync_now(account)
         except SyncNotServed as exc:
-            body = {"success": False, "message": "The account could not be read in time: the broker's call "
-                    "budget is busy. Try again shortly."}
+            body = {"success": False, "message": _("The account could not be read in time: the broker's call "
+                                                    "budget is busy. Try again shortly.")}
             return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE,
                             headers={"Retry-After": str(exc.retry_after)})
         except BrokerError as exc:

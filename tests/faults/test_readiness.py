@@ -10,8 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures.faults import AppProcess, wait_for
-from tests.fixtures.servers import free_port
+from devtools.processes import AppProcess, free_port, wait_for
 
 from .conftest import WAIT, pause, resume
 
