@@ -81,8 +81,8 @@ def test_an_order_without_a_token_was_not_sent(account):
     assert (result.outcome, result.needs_reconcile, status) == (TradeOutcome.UNREACHABLE, False, "failed")
 
 
-def test_the_client_side_rate_limit_refuses_before_sending(account, settings, monkeypatch):
-    monkeypatch.setattr("trading.brokers.kis.MAX_RATE_WAIT", 0.0)
+def test_the_client_side_rate_limit_refuses_before_sending(account, settings, monkeypatch, redis_client):
+    monkeypatch.setattr("trading.brokers.call_budget.MAX_WAIT", 0.0)
     settings.KIS_RATE_LIMIT_PAPER = 0.01  # the first order takes the app key's slot for 100 s
     accepted = httpx.Response(200, json={"rt_cd": "0", "msg_cd": "APBK0013", "msg1": "", "output": {"ODNO": "1"}})
     broker = kis_failing_orders_with(account, accepted)

@@ -43,7 +43,7 @@ from trading.brokers.realtime import (
     registration_message,
     split_records,
 )
-from watchlist import jobs
+from watchlist import jobs, trades
 from watchlist.models import SyncState, Watchlist, WatchlistItem
 from watchlist.prices import (
     FeedAccount,
@@ -518,8 +518,8 @@ def feed_account(
 
 
 async def test_a_fill_notice_matches_its_hts_id_trimmed_and_case_folded(monkeypatch):
-    synced = []
-    monkeypatch.setattr(jobs, "request_sync", synced.append)
+    applied = []
+    monkeypatch.setattr(trades, "apply_fill_notice", lambda account_id, **notice: applied.append(account_id))
     credentials = Credentials("http://127.0.0.1:9", "unit-key", "secret")
     feed = feed_of(feed_account(7, credentials, "TraderKim"))
     [notice] = (parse_fill_notice(r) for r in split_records(with_field(FILL, 0, "  traderkim "), 1))
@@ -527,7 +527,7 @@ async def test_a_fill_notice_matches_its_hts_id_trimmed_and_case_folded(monkeypa
     feed.on_fill(credentials, notice)
     await asyncio.gather(*feed._fill_syncs)
 
-    assert synced == [7]
+    assert applied == [7]
 
 
 async def test_a_fill_notice_that_matches_no_account_is_logged_with_its_session(monkeypatch, caplog):
