@@ -43,7 +43,9 @@ P99_TARGET_RATIO = 2.0
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quiet-seconds", type=float, default=30)
     parser.add_argument("--flood-seconds", type=float, default=60)
     parser.add_argument("--nested-sockets", type=int, default=5000)
@@ -53,12 +55,18 @@ def parse_args() -> argparse.Namespace:
 
 # --- the abusers (child process) ------------------------------------------------------------------
 
+
 async def connect_quietly(url: str, token: str):
     from websockets.asyncio.client import connect
 
     # max_queue=1: the client library stops reading from the connection once a message waits unread.
-    return await connect(url, additional_headers={"Authorization": f"Token {token}"}, max_queue=1,
-                         ping_interval=None, open_timeout=30)
+    return await connect(
+        url,
+        additional_headers={"Authorization": f"Token {token}"},
+        max_queue=1,
+        ping_interval=None,
+        open_timeout=30,
+    )
 
 
 async def flood(url: str, token: str, seconds: float) -> dict:
@@ -92,8 +100,9 @@ async def nested(url: str, token: str, count: int, frame: str | None = NESTED_FR
     answers: dict[str, int] = {}
 
     async def one() -> None:
-        async with connect(url, additional_headers={"Authorization": f"Token {token}"}, open_timeout=60,
-                           ping_interval=None) as socket:
+        async with connect(
+            url, additional_headers={"Authorization": f"Token {token}"}, open_timeout=60, ping_interval=None
+        ) as socket:
             kind = json.loads(await socket.recv())["type"]  # the snapshot
             if frame is not None:
                 await socket.send(frame)
@@ -101,7 +110,9 @@ async def nested(url: str, token: str, count: int, frame: str | None = NESTED_FR
             answers[kind] = answers.get(kind, 0) + 1
 
     for start in range(0, count, WAVE):
-        results = await asyncio.gather(*(one() for _ in range(min(WAVE, count - start))), return_exceptions=True)
+        results = await asyncio.gather(
+            *(one() for _ in range(min(WAVE, count - start))), return_exceptions=True
+        )
         for result in results:
             if isinstance(result, BaseException):
                 answers[type(result).__name__] = answers.get(type(result).__name__, 0) + 1
@@ -127,14 +138,21 @@ async def slow_reader(url: str, token: str) -> dict:
 
 
 def abuser(kind: str, url: str, token: str, amount: float, answer: multiprocessing.Queue) -> None:
-    runs = {"flood": lambda: flood(url, token, amount), "nested": lambda: nested(url, token, int(amount)),
-            "warm-up": lambda: nested(url, token, int(amount), frame=None), "slow": lambda: slow_reader(url, token)}
+    runs = {
+        "flood": lambda: flood(url, token, amount),
+        "nested": lambda: nested(url, token, int(amount)),
+        "warm-up": lambda: nested(url, token, int(amount), frame=None),
+        "slow": lambda: slow_reader(url, token),
+    }
     answer.put(asyncio.run(runs[kind]()))
 
 
 # --- the other user's prices (this process) ------------------------------------------------------
 
-async def price_latencies(url: str, token: str, account_id: int, until: multiprocessing.Process | float) -> list[float]:
+
+async def price_latencies(
+    url: str, token: str, account_id: int, until: multiprocessing.Process | float
+) -> list[float]:
     """Price updates for `account_id` every PRICE_EVERY s until the process ends (or for so many seconds):
     seconds from each send to its arrival."""
     from websockets.asyncio.client import connect
@@ -155,11 +173,12 @@ async def price_latencies(url: str, token: str, account_id: int, until: multipro
         reader = asyncio.create_task(read())
         deadline = time.monotonic() + until if isinstance(until, float) else None
         sequence = 0
-        while (until.is_alive() if deadline is None else time.monotonic() < deadline):
+        while until.is_alive() if deadline is None else time.monotonic() < deadline:
             sequence += 1
             sent[sequence] = time.monotonic()
-            await broadcast_price_updates([([account_id], price_update_message(ws_stack.WATCHED_CODE, 72_100,
-                                                                                 600, 0.84, sequence))])
+            await broadcast_price_updates(
+                [([account_id], price_update_message(ws_stack.WATCHED_CODE, 72_100, 600, 0.84, sequence))]
+            )
             await asyncio.sleep(PRICE_EVERY)
         await asyncio.sleep(1)
         reader.cancel()
@@ -200,12 +219,20 @@ def run_phase(name: str, server, url: str, token: str, amount: float, victim: tu
     if child:
         child.join()
     after = ws_stack.settle_rss_kb(pid, seconds=5)
-    return {"phase": name, "rss_before_mb": round(before / 1024, 1), "rss_after_mb": round(after / 1024, 1),
-            "rss_peak_mb": round(peak[0] / 1024, 1), "rss_growth_mb": round((after - before) / 1024, 1),
-            "prices": len(latencies), "p50_ms": ws_stack.millis(ws_stack.percentile(latencies, 0.5)),
-            "p99_ms": ws_stack.millis(ws_stack.percentile(latencies, 0.99)),
-            "exceptions_in_log": server.log_path.read_text(errors="replace").count("Exception inside application"),
-            "abuse": abuse}
+    return {
+        "phase": name,
+        "rss_before_mb": round(before / 1024, 1),
+        "rss_after_mb": round(after / 1024, 1),
+        "rss_peak_mb": round(peak[0] / 1024, 1),
+        "rss_growth_mb": round((after - before) / 1024, 1),
+        "prices": len(latencies),
+        "p50_ms": ws_stack.millis(ws_stack.percentile(latencies, 0.5)),
+        "p99_ms": ws_stack.millis(ws_stack.percentile(latencies, 0.99)),
+        "exceptions_in_log": server.log_path.read_text(errors="replace").count(
+            "Exception inside application"
+        ),
+        "abuse": abuse,
+    }
 
 
 def watch_many(account_id: int, count: int) -> None:
@@ -213,8 +240,17 @@ def watch_many(account_id: int, count: int) -> None:
 
     watchlist = Watchlist.objects.get(account_id=account_id)
     WatchlistItem.objects.bulk_create(
-        WatchlistItem(watchlist=watchlist, stock_code=f"{100000 + n:06d}", name=f"종목 {n}", quantity=10,
-                      avg_price=71250.5, current_price=72100, eval_amount=721000, pnl=8495, pnl_rate=1.19)
+        WatchlistItem(
+            watchlist=watchlist,
+            stock_code=f"{100000 + n:06d}",
+            name=f"종목 {n}",
+            quantity=10,
+            avg_price=71250.5,
+            current_price=72100,
+            eval_amount=721000,
+            pnl=8495,
+            pnl_rate=1.19,
+        )
         for n in range(count)
     )
 
@@ -244,19 +280,41 @@ def main() -> None:
     rows = [{"figure": "price latency p50 / p99, quiet (ms)", "ours": f"{phases[0]['p50_ms']} / {quiet_p99}"}]
     for phase in phases[1:]:
         ratio = round(phase["p99_ms"] / quiet_p99, 2) if quiet_p99 else None
-        rows.append({"figure": f"{phase['phase']}: price latency p50 / p99 (ms)",
-                     "ours": f"{phase['p50_ms']} / {phase['p99_ms']}", "ratio": ratio,
-                     "target": f"<= {P99_TARGET_RATIO}x" if phase["phase"] == "flood" else "",
-                     "met": (ratio is not None and ratio <= P99_TARGET_RATIO) if phase["phase"] == "flood" else None})
+        rows.append(
+            {
+                "figure": f"{phase['phase']}: price latency p50 / p99 (ms)",
+                "ours": f"{phase['p50_ms']} / {phase['p99_ms']}",
+                "ratio": ratio,
+                "target": f"<= {P99_TARGET_RATIO}x" if phase["phase"] == "flood" else "",
+                "met": (ratio is not None and ratio <= P99_TARGET_RATIO)
+                if phase["phase"] == "flood"
+                else None,
+            }
+        )
         target = {"flood": FLOOD_RSS_TARGET_MB, "nested": NESTED_RSS_TARGET_MB}.get(phase["phase"])
-        rows.append({"figure": f"{phase['phase']}: RSS growth (peak) MB",
-                     "ours": f"{phase['rss_growth_mb']} ({phase['rss_peak_mb'] - phase['rss_before_mb']:.1f})",
-                     "target": f"<= {target}" if target else "",
-                     "met": abs(phase["rss_growth_mb"]) <= target if target else None})
-    rows.append({"figure": '"Exception inside application" in the log', "ours": phases[-1]["exceptions_in_log"],
-                 "target": "0", "met": phases[-1]["exceptions_in_log"] == 0})
-    ws_stack.report("abuse", args, "Hostile clients against one Daphne process, another user's prices",
-                    rows, {"phases": phases})
+        rows.append(
+            {
+                "figure": f"{phase['phase']}: RSS growth (peak) MB",
+                "ours": f"{phase['rss_growth_mb']} ({phase['rss_peak_mb'] - phase['rss_before_mb']:.1f})",
+                "target": f"<= {target}" if target else "",
+                "met": abs(phase["rss_growth_mb"]) <= target if target else None,
+            }
+        )
+    rows.append(
+        {
+            "figure": '"Exception inside application" in the log',
+            "ours": phases[-1]["exceptions_in_log"],
+            "target": "0",
+            "met": phases[-1]["exceptions_in_log"] == 0,
+        }
+    )
+    ws_stack.report(
+        "abuse",
+        args,
+        "Hostile clients against one Daphne process, another user's prices",
+        rows,
+        {"phases": phases},
+    )
     for phase in phases:
         print(f"  {phase['phase']}: {phase['abuse']}")
 

@@ -81,6 +81,12 @@ def main(sizes: list[int]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("sizes", type=int, nargs="*", default=[200, 2_000, 10_000], metavar="items",
-                        help="watchlist sizes to time (default: 200 2000 10000)")
+    parser.add_argument(
+        "sizes",
+        type=int,
+        nargs="*",
+        default=[200, 2_000, 10_000],
+        metavar="items",
+        help="watchlist sizes to time (default: 200 2000 10000)",
+    )
     main(parser.parse_args().sizes)

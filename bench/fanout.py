@@ -27,7 +27,9 @@ PAUSE = 0.3  # between rounds, so one round's tail never overlaps the next
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accounts", type=int, default=500)
     parser.add_argument("--sockets-per-account", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=30)
@@ -55,8 +57,9 @@ def main() -> None:
         opened_ours = clients.open("ours", server.ws_url(), headers, first_message=True)
         clients.open("bare", bare.ws_url, [{}] * (sockets + 1), first_message=False)
         for round_number in range(args.rounds):
-            message = events.price_update_message(ws_stack.WATCHED_CODE, 72_100 + round_number, 600, 0.84,
-                                                  900_000_000 + round_number)
+            message = events.price_update_message(
+                ws_stack.WATCHED_CODE, 72_100 + round_number, 600, 0.84, 900_000_000 + round_number
+            )
             marker = str(message["volume"])
             clients.command("arm", "bare", marker=marker)
             started = time.monotonic()
@@ -84,18 +87,36 @@ def main() -> None:
     p50, p99 = ws_stack.percentile(ours_times, 0.5), ws_stack.percentile(ours_times, 0.99)
     base50, base99 = ws_stack.percentile(bare_times, 0.5), ws_stack.percentile(bare_times, 0.99)
     rows = [
-        {"figure": f"send -> last of {sockets} sockets, p50 (ms)", "ours": ws_stack.millis(p50),
-         "baseline": ws_stack.millis(base50), "ratio": round(p50 / base50, 2)},
-        {"figure": f"send -> last of {sockets} sockets, p99 (ms)", "ours": ws_stack.millis(p99),
-         "baseline": ws_stack.millis(base99), "ratio": round(p99 / base99, 2),
-         "target": f"ratio <= {TARGET_RATIO:g}", "met": p99 / base99 <= TARGET_RATIO and not missing["ours"]},
+        {
+            "figure": f"send -> last of {sockets} sockets, p50 (ms)",
+            "ours": ws_stack.millis(p50),
+            "baseline": ws_stack.millis(base50),
+            "ratio": round(p50 / base50, 2),
+        },
+        {
+            "figure": f"send -> last of {sockets} sockets, p99 (ms)",
+            "ours": ws_stack.millis(p99),
+            "baseline": ws_stack.millis(base99),
+            "ratio": round(p99 / base99, 2),
+            "target": f"ratio <= {TARGET_RATIO:g}",
+            "met": p99 / base99 <= TARGET_RATIO and not missing["ours"],
+        },
         {"figure": "messages missing", "ours": missing["ours"], "baseline": missing["bare"]},
     ]
-    ws_stack.report("fanout", args, f"fan-out: {args.accounts} accounts x {args.sockets_per_account} "
-                    f"sockets, {args.rounds} rounds (baseline: bare websockets.broadcast)", rows,
-                    {"ours_ms": [ws_stack.millis(t) for t in ours_times],
-                     "baseline_ms": [ws_stack.millis(t) for t in bare_times],
-                     "open_seconds": opened_ours["seconds"], "server_rss_kb": ours_rss, "logs": str(stack.workdir)})
+    ws_stack.report(
+        "fanout",
+        args,
+        f"fan-out: {args.accounts} accounts x {args.sockets_per_account} "
+        f"sockets, {args.rounds} rounds (baseline: bare websockets.broadcast)",
+        rows,
+        {
+            "ours_ms": [ws_stack.millis(t) for t in ours_times],
+            "baseline_ms": [ws_stack.millis(t) for t in bare_times],
+            "open_seconds": opened_ours["seconds"],
+            "server_rss_kb": ours_rss,
+            "logs": str(stack.workdir),
+        },
+    )
 
 
 if __name__ == "__main__":

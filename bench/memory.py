@@ -22,14 +22,18 @@ WARM_UP_SOCKETS = 20
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accounts", type=int, default=500)
     parser.add_argument("--sockets-per-account", type=int, default=2)
     ws_stack.add_common_arguments(parser)
     return parser.parse_args()
 
 
-def per_socket_kb(clients: ws_stack.Clients, pid: int, url: str, headers: list[dict], *, snapshot: bool) -> dict:
+def per_socket_kb(
+    clients: ws_stack.Clients, pid: int, url: str, headers: list[dict], *, snapshot: bool
+) -> dict:
     """RSS of `pid` warm with no socket, then with one idle socket per `headers` entry."""
     clients.open("warm-up", url, headers[:WARM_UP_SOCKETS], first_message=snapshot)
     clients.command("close", "warm-up")
@@ -37,8 +41,12 @@ def per_socket_kb(clients: ws_stack.Clients, pid: int, url: str, headers: list[d
     opened = clients.open("idle", url, headers, first_message=snapshot)
     loaded = ws_stack.settle_rss_kb(pid)
     clients.command("close", "idle")
-    return {"rss_kb_without_sockets": idle, "rss_kb_with_sockets": loaded, "open_seconds": opened["seconds"],
-            "kb_per_socket": round((loaded - idle) / len(headers), 1)}
+    return {
+        "rss_kb_without_sockets": idle,
+        "rss_kb_with_sockets": loaded,
+        "open_seconds": opened["seconds"],
+        "kb_per_socket": round((loaded - idle) / len(headers), 1),
+    }
 
 
 def main() -> None:
@@ -62,17 +70,33 @@ def main() -> None:
 
     ratio = ours["kb_per_socket"] / baseline["kb_per_socket"]
     rows = [
-        {"figure": f"RSS per idle socket, {len(headers)} sockets (KB)", "ours": ours["kb_per_socket"],
-         "baseline": baseline["kb_per_socket"], "ratio": round(ratio, 2), "target": f"ours <= {TARGET_KB} KB",
-         "met": ours["kb_per_socket"] <= TARGET_KB},
-        {"figure": "RSS with no socket open (MB)", "ours": round(ours["rss_kb_without_sockets"] / 1024, 1),
-         "baseline": round(baseline["rss_kb_without_sockets"] / 1024, 1)},
-        {"figure": f"RSS with {len(headers)} sockets open (MB)", "ours": round(ours["rss_kb_with_sockets"] / 1024, 1),
-         "baseline": round(baseline["rss_kb_with_sockets"] / 1024, 1)},
+        {
+            "figure": f"RSS per idle socket, {len(headers)} sockets (KB)",
+            "ours": ours["kb_per_socket"],
+            "baseline": baseline["kb_per_socket"],
+            "ratio": round(ratio, 2),
+            "target": f"ours <= {TARGET_KB} KB",
+            "met": ours["kb_per_socket"] <= TARGET_KB,
+        },
+        {
+            "figure": "RSS with no socket open (MB)",
+            "ours": round(ours["rss_kb_without_sockets"] / 1024, 1),
+            "baseline": round(baseline["rss_kb_without_sockets"] / 1024, 1),
+        },
+        {
+            "figure": f"RSS with {len(headers)} sockets open (MB)",
+            "ours": round(ours["rss_kb_with_sockets"] / 1024, 1),
+            "baseline": round(baseline["rss_kb_with_sockets"] / 1024, 1),
+        },
     ]
-    ws_stack.report("memory", args, f"memory: {args.accounts} accounts x {args.sockets_per_account} idle "
-                    "sockets (baseline: bare websockets server)", rows,
-                    {"ours": ours, "baseline": baseline, "logs": str(stack.workdir)})
+    ws_stack.report(
+        "memory",
+        args,
+        f"memory: {args.accounts} accounts x {args.sockets_per_account} idle "
+        "sockets (baseline: bare websockets server)",
+        rows,
+        {"ours": ours, "baseline": baseline, "logs": str(stack.workdir)},
+    )
 
 
 if __name__ == "__main__":

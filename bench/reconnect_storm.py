@@ -24,7 +24,9 @@ STORM_TIMEOUT = 120
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accounts", type=int, default=500)
     parser.add_argument("--sockets-per-account", type=int, default=2)
     parser.add_argument("--storms", type=int, default=3, help="restarts, each followed by a storm")
@@ -38,8 +40,12 @@ def storm(clients: ws_stack.Clients, fleet: str, restart) -> dict:
     clients.command("wait_closed", fleet, timeout=60)
     answer = clients.command("reconnect", fleet, timeout=STORM_TIMEOUT)
     served = sorted(at - answer["started"] for at in answer["served"])
-    return {"last_s": served[-1] if served else None, "median_s": statistics.median(served) if served else None,
-            "retries": answer["retries"], "unserved": answer["unserved"]}
+    return {
+        "last_s": served[-1] if served else None,
+        "median_s": statistics.median(served) if served else None,
+        "retries": answer["retries"],
+        "unserved": answer["unserved"],
+    }
 
 
 def main() -> None:
@@ -71,18 +77,35 @@ def main() -> None:
     last, base_last = worst(ours, "last_s"), worst(baseline, "last_s")
     median, base_median = worst(ours, "median_s"), worst(baseline, "median_s")
     rows = [
-        {"figure": f"{len(headers)} reconnects at once -> last served (s), worst storm", "ours": round(last, 2),
-         "baseline": round(base_last, 2), "ratio": round(last / base_last, 1),
-         "target": "all served", "met": not any(s["unserved"] for s in ours)},
-        {"figure": "median socket served after (s), worst storm", "ours": round(median, 2),
-         "baseline": round(base_median, 2), "ratio": round(median / base_median, 1)},
-        {"figure": "handshakes retried, all storms", "ours": sum(s["retries"] for s in ours),
-         "baseline": sum(s["retries"] for s in baseline)},
+        {
+            "figure": f"{len(headers)} reconnects at once -> last served (s), worst storm",
+            "ours": round(last, 2),
+            "baseline": round(base_last, 2),
+            "ratio": round(last / base_last, 1),
+            "target": "all served",
+            "met": not any(s["unserved"] for s in ours),
+        },
+        {
+            "figure": "median socket served after (s), worst storm",
+            "ours": round(median, 2),
+            "baseline": round(base_median, 2),
+            "ratio": round(median / base_median, 1),
+        },
+        {
+            "figure": "handshakes retried, all storms",
+            "ours": sum(s["retries"] for s in ours),
+            "baseline": sum(s["retries"] for s in baseline),
+        },
     ]
-    ws_stack.report("reconnect_storm", args, f"reconnect storm: {args.accounts} accounts x "
-                    f"{args.sockets_per_account} sockets, {args.storms} restarts "
-                    "(baseline: bare websockets server)", rows,
-                    {"ours": ours, "baseline": baseline, "logs": str(stack.workdir)})
+    ws_stack.report(
+        "reconnect_storm",
+        args,
+        f"reconnect storm: {args.accounts} accounts x "
+        f"{args.sockets_per_account} sockets, {args.storms} restarts "
+        "(baseline: bare websockets server)",
+        rows,
+        {"ours": ours, "baseline": baseline, "logs": str(stack.workdir)},
+    )
 
 
 if __name__ == "__main__":

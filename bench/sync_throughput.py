@@ -34,6 +34,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -51,23 +52,31 @@ TARGET_MAX_LATE = 5.0
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accounts", type=int, default=2000)
     parser.add_argument("--positions", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
     parser.add_argument("--pool", default="threads", help="each worker process's Celery pool (threads, solo)")
     parser.add_argument("--concurrency", type=int, default=4, help="threads per worker process")
-    parser.add_argument("--duration", type=float, default=90,
-                        help="seconds of steady state measured, after the first round and one more interval")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=90,
+        help="seconds of steady state measured, after the first round and one more interval",
+    )
     parser.add_argument("--interval", type=int, default=30, help="WATCHLIST_SYNC_INTERVAL, seconds")
     parser.add_argument("--baseline-reads", type=int, default=300, help="balance reads of the baseline loop")
-    parser.add_argument("--database-admin-url", default=os.environ.get(
-        "DATABASE_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument(
+        "--database-admin-url",
+        default=os.environ.get("DATABASE_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+    )
     return parser.parse_args()
 
 
 # --- setting up ---------------------------------------------------------------------------------
+
 
 def create_database(admin_url: str) -> str:
     with psycopg.connect(admin_url, autocommit=True) as admin:
@@ -79,8 +88,14 @@ def create_database(admin_url: str) -> str:
 def holdings_of(account_number: int, positions: int) -> list[dict]:
     rng = random.Random(account_number)
     codes = rng.sample(range(100_000, 100_000 + STOCK_UNIVERSE), positions)
-    return [{"stock_code": f"{code:06d}", "quantity": rng.randint(1, 500),
-             "avg_price": rng.randint(1, 3000) * 100} for code in codes]
+    return [
+        {
+            "stock_code": f"{code:06d}",
+            "quantity": rng.randint(1, 500),
+            "avg_price": rng.randint(1, 3000) * 100,
+        }
+        for code in codes
+    ]
 
 
 def seed(simulator: SimulatorHandle, accounts: int, positions: int) -> None:
@@ -96,13 +111,20 @@ def create_accounts(count: int, simulator_url: str) -> None:
 
     owner = get_user_model().objects.create_user("bench")
     BrokerAccount.objects.bulk_create(
-        BrokerAccount(owner=owner, display_name=f"bench {n}", account_number=str(FIRST_CANO + n),
-                      base_url=simulator_url, app_key=f"PSbenchKey{n:06d}", app_secret=f"benchSecret{n:06d}")
+        BrokerAccount(
+            owner=owner,
+            display_name=f"bench {n}",
+            account_number=str(FIRST_CANO + n),
+            base_url=simulator_url,
+            app_key=f"PSbenchKey{n:06d}",
+            app_secret=f"benchSecret{n:06d}",
+        )
         for n in range(count)
     )
 
 
 # --- measuring ----------------------------------------------------------------------------------
+
 
 def baseline_reads_per_second(reads: int) -> float:
     """The KIS adapter alone, in one thread: balance reads per second (tokens issued beforehand)."""
@@ -139,8 +161,11 @@ class SyncObserver:
         """When the last of `accounts` had synced after `since` (Unix time)."""
         deadline = time.time() + timeout
         while True:
-            synced = [when for when in (success.timestamp() for success in list(self.last_success.values()))
-                      if when > since]
+            synced = [
+                when
+                for when in (success.timestamp() for success in list(self.last_success.values()))
+                if when > since
+            ]
             if len(synced) >= accounts:
                 return max(synced)
             if time.time() > deadline:
@@ -170,8 +195,11 @@ def spread_due_times(interval: int) -> None:
     from watchlist.models import SyncState
 
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {SyncState._meta.db_table} "
-                       "SET next_attempt_at = now() + random() * make_interval(secs => %s)", [interval])
+        cursor.execute(
+            f"UPDATE {SyncState._meta.db_table} "
+            "SET next_attempt_at = now() + random() * make_interval(secs => %s)",
+            [interval],
+        )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -250,11 +278,14 @@ def diff_millis(items: int) -> dict[str, float]:
     from watchlist.diff import diff_items
 
     stored = diff_bench.watchlist(items)
-    return {name: diff_bench.millis(lambda: diff_items(stored, target))[0]
-            for name, target in diff_bench.cases(stored).items()}
+    return {
+        name: diff_bench.millis(partial(diff_items, stored, target))[0]
+        for name, target in diff_bench.cases(stored).items()
+    }
 
 
 # --- the run ------------------------------------------------------------------------------------
+
 
 def main() -> None:
     args = parse_args()
@@ -299,14 +330,23 @@ def main() -> None:
 
         observer = SyncObserver()
         observer.start()
-        workers = [celery_worker(f"bench{n}", env, workdir / f"worker{n}.log", pool=args.pool,
-                                 concurrency=args.concurrency) for n in range(args.workers)]
+        workers = [
+            celery_worker(
+                f"bench{n}", env, workdir / f"worker{n}.log", pool=args.pool, concurrency=args.concurrency
+            )
+            for n in range(args.workers)
+        ]
         beat = celery_beat(env, workdir / "beat.log", workdir / "beat-schedule")
         processes += [*workers, beat]  # before they start: stopped at the end even if starting fails
         for worker in workers:
             worker.start()
-        meter = CpuMeter({"workers": [worker.pid for worker in workers], "simulator": [simulator.process.pid],
-                          "redis": [redis_server.process.pid]})
+        meter = CpuMeter(
+            {
+                "workers": [worker.pid for worker in workers],
+                "simulator": [simulator.process.pid],
+                "redis": [redis_server.process.pid],
+            }
+        )
         print(f"first round: every account due at once, {args.workers} worker processes ...", flush=True)
         meter.start()
         cold_start = time.time()
@@ -314,8 +354,11 @@ def main() -> None:
         patience = 20 * args.interval
         first_round = observer.wait_for_every_account(args.accounts, cold_start, patience) - cold_start
         first_round_cpu = meter.stop()
-        print(f"due times spread over the interval, one interval to settle, then {args.duration:g} s of "
-              "steady state ...", flush=True)
+        print(
+            f"due times spread over the interval, one interval to settle, then {args.duration:g} s of "
+            "steady state ...",
+            flush=True,
+        )
         spread_at = time.time()
         spread_due_times(args.interval)
         time.sleep(args.interval)
@@ -341,42 +384,79 @@ def main() -> None:
         simulator.close()
         redis_server.stop()
 
-    report(args, baseline=baseline, saturated=saturated, first_round=first_round,
-           first_round_cpu=first_round_cpu, observer=observer, spread_at=spread_at, window=window,
-           steady_cpu=steady_cpu,
-           queries=(queries_unchanged, queries_repriced), diff=diff, workdir=workdir)
+    report(
+        args,
+        baseline=baseline,
+        saturated=saturated,
+        first_round=first_round,
+        first_round_cpu=first_round_cpu,
+        observer=observer,
+        spread_at=spread_at,
+        window=window,
+        steady_cpu=steady_cpu,
+        queries=(queries_unchanged, queries_repriced),
+        diff=diff,
+        workdir=workdir,
+    )
 
 
 def cpu_per_sync(cpu: dict[str, float], syncs: int) -> dict[str, float]:
-    return {name: round(seconds * 1000 / max(1, syncs), 1) for name, seconds in cpu.items()
-            if not name.startswith("machine")}
+    return {
+        name: round(seconds * 1000 / max(1, syncs), 1)
+        for name, seconds in cpu.items()
+        if not name.startswith("machine")
+    }
 
 
-def report(args, *, baseline: float, saturated: float, first_round: float, first_round_cpu: dict[str, float],
-           observer: SyncObserver, spread_at: float, window: tuple[float, float],
-           steady_cpu: dict[str, float], queries: tuple[int, int], diff: dict[str, float],
-           workdir: Path) -> None:
+def report(
+    args,
+    *,
+    baseline: float,
+    saturated: float,
+    first_round: float,
+    first_round_cpu: dict[str, float],
+    observer: SyncObserver,
+    spread_at: float,
+    window: tuple[float, float],
+    steady_cpu: dict[str, float],
+    queries: tuple[int, int],
+    diff: dict[str, float],
+    workdir: Path,
+) -> None:
     begin, end = window
-    in_window = [(when.timestamp(), previous) for _, when, previous in observer.syncs
-                 if begin <= when.timestamp() < end]
+    in_window = [
+        (when.timestamp(), previous)
+        for _, when, previous in observer.syncs
+        if begin <= when.timestamp() < end
+    ]
     # Lateness is measured from a success after the spread (which moved every due time on purpose).
-    late = [when - (previous.timestamp() + args.interval) for when, previous in in_window
-            if previous is not None and previous.timestamp() > spread_at]
+    late = [
+        when - (previous.timestamp() + args.interval)
+        for when, previous in in_window
+        if previous is not None and previous.timestamp() > spread_at
+    ]
     # An account still waiting at the end of the window is as late as that, at least.
     last_success: dict[int, float] = {}
     for account_id, when, _ in observer.syncs:
         if when.timestamp() < end:
             last_success[account_id] = max(when.timestamp(), last_success.get(account_id, 0.0))
-    late += [late_by for late_by in (end - (success + args.interval) for success in last_success.values())
-             if late_by > 0]
+    late += [
+        late_by
+        for late_by in (end - (success + args.interval) for success in last_success.values())
+        if late_by > 0
+    ]
     capacity = args.accounts / saturated / args.workers
     cold_rate = args.accounts / first_round / args.workers
     steady_rate = len(in_window) / args.duration / args.workers
     results = {
         "command": " ".join(sys.argv),
         "when": datetime.now().isoformat(timespec="seconds"),
-        "accounts": args.accounts, "positions": args.positions, "workers": args.workers,
-        "pool": args.pool, "concurrency": args.concurrency, "interval_s": args.interval,
+        "accounts": args.accounts,
+        "positions": args.positions,
+        "workers": args.workers,
+        "pool": args.pool,
+        "concurrency": args.concurrency,
+        "interval_s": args.interval,
         "steady_window_s": args.duration,
         "baseline_adapter_reads_per_s": round(baseline, 1),
         "capacity_drain_s": round(saturated, 1),
@@ -407,17 +487,30 @@ def report(args, *, baseline: float, saturated: float, first_round: float, first
     r = results
     rows = [
         ("baseline: adapter balance reads, 1 thread", f"{r['baseline_adapter_reads_per_s']} /s"),
-        ("capacity: every account due at once, warm",
-         f"{r['capacity_syncs_per_s_per_worker']} syncs/s/worker = {r['capacity_ratio_to_baseline']} x "
-         f"baseline (drained in {r['capacity_drain_s']} s)"),
-        ("cold start: first sync of every account",
-         f"drained in {r['first_round_s']} s = {r['first_round_syncs_per_s_per_worker']} syncs/s/worker"),
+        (
+            "capacity: every account due at once, warm",
+            (
+                f"{r['capacity_syncs_per_s_per_worker']} syncs/s/worker = {r['capacity_ratio_to_baseline']} x "
+                f"baseline (drained in {r['capacity_drain_s']} s)"
+            ),
+        ),
+        (
+            "cold start: first sync of every account",
+            f"drained in {r['first_round_s']} s = {r['first_round_syncs_per_s_per_worker']} syncs/s/worker",
+        ),
         ("cold start: CPU per sync", per_process(r["first_round_cpu_ms_per_sync"])),
         ("steady: needed to keep up", f"{r['needed_syncs_per_s_per_worker']} syncs/s/worker"),
-        ("steady: measured", f"{len(in_window)} syncs in {args.duration:g} s = "
-                             f"{r['steady_syncs_per_s_per_worker']} syncs/s/worker"),
-        ("steady: late past due, p50 / p99 / max",
-         f"{r['late_s_p50']} / {r['late_s_p99']} / {r['late_s_max']} s (target: max {TARGET_MAX_LATE:g} s)"),
+        (
+            "steady: measured",
+            (
+                f"{len(in_window)} syncs in {args.duration:g} s = "
+                f"{r['steady_syncs_per_s_per_worker']} syncs/s/worker"
+            ),
+        ),
+        (
+            "steady: late past due, p50 / p99 / max",
+            f"{r['late_s_p50']} / {r['late_s_p99']} / {r['late_s_max']} s (target: max {TARGET_MAX_LATE:g} s)",
+        ),
         ("steady: CPU per sync", per_process(r["steady_cpu_ms_per_sync"])),
         ("steady: machine CPU busy (all cores)", f"{r['steady_machine_busy_share']:.0%}"),
         ("failed sync attempts seen", str(observer.failures)),
@@ -426,8 +519,10 @@ def report(args, *, baseline: float, saturated: float, first_round: float, first
         ("target met", "yes" if r["target_met"] else "NO"),
     ]
     width = max(len(name) for name, _ in rows)
-    print(f"\nsync throughput: {args.accounts} accounts x {args.positions} positions, {args.workers} worker "
-          f"processes ({args.pool} pool, concurrency {args.concurrency}), interval {args.interval} s")
+    print(
+        f"\nsync throughput: {args.accounts} accounts x {args.positions} positions, {args.workers} worker "
+        f"processes ({args.pool} pool, concurrency {args.concurrency}), interval {args.interval} s"
+    )
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
     out_dir = ROOT / "bench" / "results"

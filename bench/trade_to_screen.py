@@ -54,11 +54,16 @@ SETTLE = 3.0  # seconds after a phase for the reads it queued to be done before 
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trades", type=int, default=200)
     parser.add_argument("--accounts", type=int, default=10)
-    parser.add_argument("--limits", help="default,lifted | default | lifted: trade as one trader at KIS's "
-                        "limits (paper 2/s and real 18/s) and/or lifted, instead of the round robin")
+    parser.add_argument(
+        "--limits",
+        help="default,lifted | default | lifted: trade as one trader at KIS's "
+        "limits (paper 2/s and real 18/s) and/or lifted, instead of the round robin",
+    )
     parser.add_argument("--back-to-back", type=int, default=5, help="trades per burst (with --limits)")
     parser.add_argument("--rounds", type=int, default=4, help="bursts per limit (with --limits)")
     parser.add_argument("--quiet", type=int, default=10, help="trades after a quiet second (with --limits)")
@@ -93,8 +98,11 @@ class Screen:
 async def run_trades(url: str, seeded: list[tuple[int, str]], trades: int) -> dict[str, list[float]]:
     screens = []
     for _, token in seeded:
-        socket = await connect(url.replace("http", "ws", 1) + "/ws/watchlist/",
-                               additional_headers={"Authorization": f"Token {token}"}, open_timeout=TIMEOUT)
+        socket = await connect(
+            url.replace("http", "ws", 1) + "/ws/watchlist/",
+            additional_headers={"Authorization": f"Token {token}"},
+            open_timeout=TIMEOUT,
+        )
         await socket.recv()  # the snapshot
         screens.append(Screen(socket))
     times: dict[str, list[float]] = {"screen": [], "post": [], "get": []}
@@ -121,15 +129,20 @@ async def run_trades(url: str, seeded: list[tuple[int, str]], trades: int) -> di
 
 async def trade_once(http: httpx.AsyncClient, screen: Screen, token: str, side: str) -> float:
     started = time.perf_counter()
-    answer = await http.post(f"/execute-{side}/{CODE}", json={"qty": 1}, headers={"Authorization": f"Token {token}"})
+    answer = await http.post(
+        f"/execute-{side}/{CODE}", json={"qty": 1}, headers={"Authorization": f"Token {token}"}
+    )
     answer.raise_for_status()
     return await screen.arrival_of(answer.json()["watchlist_version"]) - started
 
 
 async def trade_as_a_trader(url: str, token: str, args: argparse.Namespace) -> dict[str, list[float]]:
     """Quiet trades, then bursts; buys and sells alternate, so holdings stay bounded."""
-    socket = await connect(url.replace("http", "ws", 1) + "/ws/watchlist/",
-                           additional_headers={"Authorization": f"Token {token}"}, open_timeout=TIMEOUT)
+    socket = await connect(
+        url.replace("http", "ws", 1) + "/ws/watchlist/",
+        additional_headers={"Authorization": f"Token {token}"},
+        open_timeout=TIMEOUT,
+    )
     await socket.recv()
     screen = Screen(socket)
     times: dict[str, list[float]] = {"quiet": [], "back_to_back": []}
@@ -149,8 +162,11 @@ async def trade_as_a_trader(url: str, token: str, args: argparse.Namespace) -> d
 
 
 def run_limits(args: argparse.Namespace) -> None:
-    names = ["paper", "real", "lifted"] if args.limits == "default,lifted" else (
-        ["paper", "real"] if args.limits == "default" else ["lifted"])
+    names = (
+        ["paper", "real", "lifted"]
+        if args.limits == "default,lifted"
+        else (["paper", "real"] if args.limits == "default" else ["lifted"])
+    )
     stack = ws_stack.Stack(args.database_admin_url, CHANNEL_LAYER=args.layer, KIS_TOKEN_MIN_INTERVAL="0")
     simulator = start_simulator(stack.workdir / "simulator.log", "--rate-limit", "on")
     from trading.models import BrokerAccount
@@ -161,7 +177,9 @@ def run_limits(args: argparse.Namespace) -> None:
             client_rate, simulator_rates, environment = LIMITS[name]
             simulator.set_limits(rate_limits=simulator_rates)
             cano = FIRST_CANO + 100 * phase
-            [(account_id, token)] = ws_stack.seed_users(1, base_url=simulator.url, watched=None, cano_from=cano)
+            [(account_id, token)] = ws_stack.seed_users(
+                1, base_url=simulator.url, watched=None, cano_from=cano
+            )
             BrokerAccount.objects.filter(pk=account_id).update(environment=environment)
             simulator._call("PUT", f"/_fake/accounts/{cano}", {"environment": environment})
             simulator.set_holdings(str(cano), [{"stock_code": CODE, "quantity": 100, "avg_price": 70_000}])
@@ -184,34 +202,64 @@ def run_limits(args: argparse.Namespace) -> None:
             quiet_p50 = ws_stack.percentile(times["quiet"], 0.5)
             burst = times["back_to_back"]
             rows += [
-                {"figure": f"{label}: trade to screen after a quiet second, p50 (ms)",
-                 "ours": ws_stack.millis(quiet_p50),
-                 **({"target": "<= 60 ms", "met": quiet_p50 <= 0.060} if name == "paper" else {})},
-                {"figure": f"{label}: {args.back_to_back} back to back, p50 / p99 / max (ms)",
-                 "ours": " / ".join(str(ws_stack.millis(v)) for v in (
-                     ws_stack.percentile(burst, 0.5), ws_stack.percentile(burst, 0.99), max(burst))),
-                 **({"target": "max <= 600 ms", "met": max(burst) <= 0.600} if name == "paper" else {}),
-                 **({"target": "p99 <= 150 ms", "met": ws_stack.percentile(burst, 0.99) <= 0.150}
-                    if name == "real" else {})},
-                {"figure": f"{label}: broker calls per market order (reads included)",
-                 "ours": round(calls / orders, 2), "target": "<= 2", "met": calls / orders <= 2},
+                {
+                    "figure": f"{label}: trade to screen after a quiet second, p50 (ms)",
+                    "ours": ws_stack.millis(quiet_p50),
+                    **({"target": "<= 60 ms", "met": quiet_p50 <= 0.060} if name == "paper" else {}),
+                },
+                {
+                    "figure": f"{label}: {args.back_to_back} back to back, p50 / p99 / max (ms)",
+                    "ours": " / ".join(
+                        str(ws_stack.millis(v))
+                        for v in (
+                            ws_stack.percentile(burst, 0.5),
+                            ws_stack.percentile(burst, 0.99),
+                            max(burst),
+                        )
+                    ),
+                    **({"target": "max <= 600 ms", "met": max(burst) <= 0.600} if name == "paper" else {}),
+                    **(
+                        {"target": "p99 <= 150 ms", "met": ws_stack.percentile(burst, 0.99) <= 0.150}
+                        if name == "real"
+                        else {}
+                    ),
+                },
+                {
+                    "figure": f"{label}: broker calls per market order (reads included)",
+                    "ours": round(calls / orders, 2),
+                    "target": "<= 2",
+                    "met": calls / orders <= 2,
+                },
                 {"figure": f"{label}: EGW00201 answers", "ours": refused, "target": "0", "met": refused == 0},
             ]
             details[name] = {kind: [ws_stack.millis(t) for t in values] for kind, values in times.items()} | {
-                "calls": calls, "orders": orders, "egw00201": refused}
+                "calls": calls,
+                "orders": orders,
+                "egw00201": refused,
+            }
     finally:
         simulator.close()
         stack.close()
-    ws_stack.report("trade_to_screen", args, f"trade to screen as one trader, at KIS's limits and lifted "
-                    f"({args.quiet} quiet trades, {args.rounds} x {args.back_to_back} back to back)", rows, details)
+    ws_stack.report(
+        "trade_to_screen",
+        args,
+        f"trade to screen as one trader, at KIS's limits and lifted "
+        f"({args.quiet} quiet trades, {args.rounds} x {args.back_to_back} back to back)",
+        rows,
+        details,
+    )
 
 
 def main() -> None:
     args = parse_args()
     if args.limits:
         return run_limits(args)
-    stack = ws_stack.Stack(args.database_admin_url, CHANNEL_LAYER=args.layer, KIS_RATE_LIMIT_PAPER="100000",
-                           KIS_TOKEN_MIN_INTERVAL="0")
+    stack = ws_stack.Stack(
+        args.database_admin_url,
+        CHANNEL_LAYER=args.layer,
+        KIS_RATE_LIMIT_PAPER="100000",
+        KIS_TOKEN_MIN_INTERVAL="0",
+    )
     simulator = start_simulator(stack.workdir / "simulator.log", "--rate-limit", "off")
     seeded = ws_stack.seed_users(args.accounts, base_url=simulator.url, watched=None, cano_from=FIRST_CANO)
     for n in range(args.accounts):
@@ -235,17 +283,30 @@ def main() -> None:
     for label, share, target in (("p50", 0.5, TARGET_P50), ("p99", 0.99, TARGET_P99)):
         screen = p("screen", share)
         rows += [
-            {"figure": f"POST sent -> watchlist_changed on the socket, {label} (ms)", "ours": ws_stack.millis(screen),
-             "baseline": f"{ws_stack.millis(p('get', share))} (GET)", "ratio": round(screen / p("get", share), 2),
-             "target": f"<= {target * 1000:g} ms", "met": screen <= target},
-            {"figure": f"  the same POST's HTTP round trip, {label} (ms)", "ours": ws_stack.millis(p("post", share)),
-             "baseline": f"{ws_stack.millis(p('get', share))} (GET)",
-             "ratio": round(p("post", share) / p("get", share), 2)},
+            {
+                "figure": f"POST sent -> watchlist_changed on the socket, {label} (ms)",
+                "ours": ws_stack.millis(screen),
+                "baseline": f"{ws_stack.millis(p('get', share))} (GET)",
+                "ratio": round(screen / p("get", share), 2),
+                "target": f"<= {target * 1000:g} ms",
+                "met": screen <= target,
+            },
+            {
+                "figure": f"  the same POST's HTTP round trip, {label} (ms)",
+                "ours": ws_stack.millis(p("post", share)),
+                "baseline": f"{ws_stack.millis(p('get', share))} (GET)",
+                "ratio": round(p("post", share) / p("get", share), 2),
+            },
         ]
-    ws_stack.report("trade_to_screen", args, f"trade to screen: {args.trades} trades over {args.accounts} "
-                    "accounts (baseline: GET /api/watchlist/ on the same server)", rows,
-                    {kind: [ws_stack.millis(t) for t in values] for kind, values in times.items()}
-                    | {"logs": str(stack.workdir)})
+    ws_stack.report(
+        "trade_to_screen",
+        args,
+        f"trade to screen: {args.trades} trades over {args.accounts} "
+        "accounts (baseline: GET /api/watchlist/ on the same server)",
+        rows,
+        {kind: [ws_stack.millis(t) for t in values] for kind, values in times.items()}
+        | {"logs": str(stack.workdir)},
+    )
 
 
 if __name__ == "__main__":

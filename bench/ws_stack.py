@@ -34,15 +34,26 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--database-admin-url", default=os.environ.get(
-        "DATABASE_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
-    parser.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne",
-                        help="the ASGI server of our side, as scripts/run's ASGI_SERVER starts it")
-    parser.add_argument("--layer", choices=("redis", "pubsub"), default="redis",
-                        help="the channel layer (CHANNEL_LAYER) of every process, this one included")
+    parser.add_argument(
+        "--database-admin-url",
+        default=os.environ.get("DATABASE_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+    )
+    parser.add_argument(
+        "--server",
+        choices=("daphne", "uvicorn"),
+        default="daphne",
+        help="the ASGI server of our side, as scripts/run's ASGI_SERVER starts it",
+    )
+    parser.add_argument(
+        "--layer",
+        choices=("redis", "pubsub"),
+        default="redis",
+        help="the channel layer (CHANNEL_LAYER) of every process, this one included",
+    )
 
 
 # --- the world: Redis, the database, Django in this process --------------------------------------
+
 
 class Stack:
     """A private Redis and a fresh database, with Django set up on them in this process. `settings_env` is
@@ -77,8 +88,13 @@ class Stack:
         self.redis.stop()
 
 
-def seed_users(count: int, *, base_url: str = "http://127.0.0.1:9", watched: str | None = WATCHED_CODE,
-               cano_from: int = 80_000_000) -> list[tuple[int, str]]:
+def seed_users(
+    count: int,
+    *,
+    base_url: str = "http://127.0.0.1:9",
+    watched: str | None = WATCHED_CODE,
+    cano_from: int = 80_000_000,
+) -> list[tuple[int, str]]:
     """`count` users with one account each (watching `watched`) and an API token: [(account id, token)]."""
     from django.contrib.auth import get_user_model
     from knox.models import AuthToken, get_digest_token
@@ -88,29 +104,49 @@ def seed_users(count: int, *, base_url: str = "http://127.0.0.1:9", watched: str
     from watchlist.models import Watchlist, WatchlistItem
 
     User = get_user_model()
-    users = User.objects.bulk_create(User(username=f"bench{cano_from + n}", password="!") for n in range(count))
-    digests_and_tokens = [get_digest_token() for _ in users]  # knox stores the digest; the bench keeps the token
+    users = User.objects.bulk_create(
+        User(username=f"bench{cano_from + n}", password="!") for n in range(count)
+    )
+    digests_and_tokens = [
+        get_digest_token() for _ in users
+    ]  # knox stores the digest; the bench keeps the token
     AuthToken.objects.bulk_create(
-        AuthToken(user=user, digest=digest, token_key=token[:CONSTANTS.TOKEN_KEY_LENGTH])
+        AuthToken(user=user, digest=digest, token_key=token[: CONSTANTS.TOKEN_KEY_LENGTH])
         for user, (digest, token) in zip(users, digests_and_tokens, strict=True)
     )
     tokens = [token for _, token in digests_and_tokens]
     accounts = BrokerAccount.objects.bulk_create(
-        BrokerAccount(owner=user, display_name=f"bench {n}", account_number=str(cano_from + n),
-                      base_url=base_url, app_key=f"PSbenchKey{cano_from + n}", app_secret=f"benchSecret{n:06d}")
+        BrokerAccount(
+            owner=user,
+            display_name=f"bench {n}",
+            account_number=str(cano_from + n),
+            base_url=base_url,
+            app_key=f"PSbenchKey{cano_from + n}",
+            app_secret=f"benchSecret{n:06d}",
+        )
         for n, user in enumerate(users)
     )
     watchlists = Watchlist.objects.bulk_create(Watchlist(account=account, version=1) for account in accounts)
     if watched:
         WatchlistItem.objects.bulk_create(
-            WatchlistItem(watchlist=watchlist, stock_code=watched, name="삼성전자", quantity=10, avg_price=71250.5,
-                          current_price=72100, eval_amount=721000, pnl=8495, pnl_rate=1.19)
+            WatchlistItem(
+                watchlist=watchlist,
+                stock_code=watched,
+                name="삼성전자",
+                quantity=10,
+                avg_price=71250.5,
+                current_price=72100,
+                eval_amount=721000,
+                pnl=8495,
+                pnl_rate=1.19,
+            )
             for watchlist in watchlists
         )
     return list(zip((account.id for account in accounts), tokens, strict=True))
 
 
 # --- servers -------------------------------------------------------------------------------------
+
 
 def start_server(stack: Stack, server: str) -> AsgiServer:
     """Our application under `server` (--server) on the stack's settings, as scripts/run starts it."""
@@ -135,7 +171,9 @@ class BareServer:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bench.bare_ws_server", "--port", str(self.port)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wait_for(lambda: "listening on" in self.log_path.read_text(), 30, "the bare websockets server")
 
@@ -165,12 +203,18 @@ def settle_rss_kb(pid: int, seconds: float = 2.0) -> int:
 
 # --- the client process --------------------------------------------------------------------------
 
+
 class Clients:
     """bench/ws_clients.py as a subprocess; each method is one command and returns its answer."""
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.ws_clients"], cwd=ROOT,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.ws_clients"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def command(self, cmd: str, fleet: str, **fields) -> dict:
         self.process.stdin.write(json.dumps({"cmd": cmd, "fleet": fleet, **fields}) + "\n")
@@ -209,6 +253,7 @@ def get_round_trip(url: str, token: str, count: int) -> list[float]:
 
 # --- figures and the report ----------------------------------------------------------------------
 
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
@@ -224,8 +269,14 @@ def report(bench: str, args: argparse.Namespace, title: str, rows: list[dict], d
     title = f"{title}; ours: {args.server}, {args.layer} channel layer"
     header = ("figure", "ours", "baseline", "ratio", "target", "met")
     cells = [header] + [
-        (row["figure"], row["ours"], row.get("baseline", ""), row.get("ratio", ""), row.get("target", ""),
-         {True: "yes", False: "NO", None: ""}[row.get("met")])
+        (
+            row["figure"],
+            row["ours"],
+            row.get("baseline", ""),
+            row.get("ratio", ""),
+            row.get("target", ""),
+            {True: "yes", False: "NO", None: ""}[row.get("met")],
+        )
         for row in rows
     ]
     widths = [max(len(str(cell[i])) for cell in cells) for i in range(len(header))]
@@ -234,8 +285,20 @@ def report(bench: str, args: argparse.Namespace, title: str, rows: list[dict], d
         print("  " + "  ".join(str(value).ljust(width) for value, width in zip(cell, widths, strict=True)))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{bench}-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "when": datetime.now().isoformat(timespec="seconds"),
-                               "cpus": os.cpu_count(), "load_average": os.getloadavg(), "server": args.server,
-                               "layer": args.layer, "rows": rows, **details},
-                              indent=2, ensure_ascii=False))
+    out.write_text(
+        json.dumps(
+            {
+                "command": " ".join(sys.argv),
+                "when": datetime.now().isoformat(timespec="seconds"),
+                "cpus": os.cpu_count(),
+                "load_average": os.getloadavg(),
+                "server": args.server,
+                "layer": args.layer,
+                "rows": rows,
+                **details,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
     print(f"  written to {out.relative_to(ROOT)}")

@@ -36,14 +36,18 @@ def api_exception_handler(exc, context):
     if message := unavailable_message(exc):
         set_rollback()
         logger.warning("503 for %s: %s", _path(context), exc)
-        return Response({"success": False, "message": message}, status=status.HTTP_503_SERVICE_UNAVAILABLE,
-                        headers={"Retry-After": "5"})
+        return Response(
+            {"success": False, "message": message},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
     response = exception_handler(exc, context)
     if response is None:
         set_rollback()
         logger.exception("unexpected error for %s", _path(context), exc_info=exc)
-        return Response({"success": False, "message": _("Internal error.")},
-                        status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+        return Response(
+            {"success": False, "message": _("Internal error.")}, status=status.HTTP_500_INTERNAL_SERVER_ERROR
+        )
 
     data = response.data
     if isinstance(data, dict) and set(data) == {"detail"}:
@@ -69,7 +73,9 @@ def validation_message(errors) -> str:
     """One human-readable line from DRF's error detail: each field's first message."""
     if isinstance(errors, dict):
         parts = [
-            _first_message(detail) if field == api_settings.NON_FIELD_ERRORS_KEY else f"{field}: {_first_message(detail)}"
+            _first_message(detail)
+            if field == api_settings.NON_FIELD_ERRORS_KEY
+            else f"{field}: {_first_message(detail)}"
             for field, detail in errors.items()
         ]
         return _("Invalid input. %(problems)s") % {"problems": " ".join(parts)}

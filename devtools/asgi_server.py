@@ -23,13 +23,39 @@ def asgi_server_command(server: str, port: int) -> list[str]:
     """One process of `server` ("daphne" or "uvicorn") serving config.asgi:application on 127.0.0.1:<port>,
     with the options scripts/run gives it (the reasons are there)."""
     if server == "daphne":
-        return [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "--websocket-max-frame-size",
-                str(MAX_FRAME_BYTES), "config.asgi:application"]
+        return [
+            str(BIN / "daphne"),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--websocket-max-frame-size",
+            str(MAX_FRAME_BYTES),
+            "config.asgi:application",
+        ]
     if server == "uvicorn":
-        return [str(BIN / "uvicorn"), "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-                "--ws", "websockets", "--loop", "uvloop", "--http", "httptools", "--no-proxy-headers",
-                "--ws-per-message-deflate", "false", "--ws-max-size", str(MAX_FRAME_BYTES), "--no-access-log",
-                "--log-level", "warning"]
+        return [
+            str(BIN / "uvicorn"),
+            "config.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ws",
+            "websockets",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-proxy-headers",
+            "--ws-per-message-deflate",
+            "false",
+            "--ws-max-size",
+            str(MAX_FRAME_BYTES),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
     raise ValueError(f"unknown ASGI server {server!r}: daphne or uvicorn")
 
 

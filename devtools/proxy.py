@@ -65,8 +65,11 @@ class TcpProxy:
             client_writer.transport.abort()
             return
         self._writers |= {client_writer, server_writer}
-        await asyncio.gather(self._pipe(client_reader, server_writer),
-                             self._pipe(server_reader, client_writer), return_exceptions=True)
+        await asyncio.gather(
+            self._pipe(client_reader, server_writer),
+            self._pipe(server_reader, client_writer),
+            return_exceptions=True,
+        )
         self._writers -= {client_writer, server_writer}
 
     @staticmethod

@@ -186,6 +186,7 @@ class FeedSession:
         self.frames = 0  # data frames sent
         self.outbox: asyncio.Queue[tuple[str, object]] = asyncio.Queue(OUTBOX_LIMIT)
         self.dropped = False
+        self.closing: asyncio.Future | None = None
 
     def view(self) -> dict:
         return {
@@ -205,7 +206,7 @@ class FeedSession:
         except asyncio.QueueFull:
             logger.warning("real-time session %s is too slow; dropping it", self.id)
             self.dropped = True
-            asyncio.ensure_future(self.ws.close())
+            self.closing = asyncio.ensure_future(self.ws.close())  # kept: a task nobody holds may vanish
 
     async def send_all(self) -> None:
         """Send the outbox in order; ticks waiting together go out as one multi-record frame."""

@@ -37,8 +37,15 @@ def test_account_numbers_are_ascii_digits_without_trailing_newline(account):
 def channel_layers_under(**env: str) -> subprocess.CompletedProcess:
     """CHANNEL_LAYERS as the settings read it in a fresh process with `env` (settings are read once)."""
     command = "import json, config.settings as s; print(json.dumps(s.CHANNEL_LAYERS))"
-    return subprocess.run([sys.executable, "-c", command], cwd=django_settings.BASE_DIR, env=os.environ | env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", command],
+        cwd=django_settings.BASE_DIR,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_the_pubsub_channel_layer_takes_the_redis_layers_connection_options():

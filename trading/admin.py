@@ -22,8 +22,9 @@ WHERE_SECRETS_GO = ("base_url", "environment")
 
 
 class BrokerAccountForm(forms.ModelForm):
-    base_url = forms.URLField(assume_scheme="https",
-                              help_text=BrokerAccount._meta.get_field("base_url").help_text)
+    base_url = forms.URLField(
+        assume_scheme="https", help_text=BrokerAccount._meta.get_field("base_url").help_text
+    )
     app_key = forms.CharField(widget=forms.PasswordInput(render_value=False), required=False)
     app_secret = forms.CharField(widget=forms.PasswordInput(render_value=False), required=False)
 
@@ -69,20 +70,33 @@ class BrokerAccountForm(forms.ModelForm):
         cleaned = super().clean()
         if self.instance.pk is None or self._typed("app_secret"):
             return cleaned
-        moved = [name for name in WHERE_SECRETS_GO
-                 if name in cleaned and cleaned[name] != getattr(self.instance, name)]
+        moved = [
+            name
+            for name in WHERE_SECRETS_GO
+            if name in cleaned and cleaned[name] != getattr(self.instance, name)
+        ]
         if moved:
             what = " and the ".join(str(BrokerAccount._meta.get_field(name).verbose_name) for name in moved)
-            self.add_error("app_secret", f"Type the app secret again to change the {what}: "
-                                         "the key and secret are sent there.")
+            self.add_error(
+                "app_secret",
+                f"Type the app secret again to change the {what}: the key and secret are sent there.",
+            )
         return cleaned
 
 
 @admin.register(BrokerAccount)
 class BrokerAccountAdmin(admin.ModelAdmin):
     form = BrokerAccountForm
-    list_display = ("display_name", "number", "owner", "environment", "base_url", "hts_id", "has_credentials",
-                    "created_at")
+    list_display = (
+        "display_name",
+        "number",
+        "owner",
+        "environment",
+        "base_url",
+        "hts_id",
+        "has_credentials",
+        "created_at",
+    )
     list_select_related = ("owner",)
     list_filter = ("environment",)
     search_fields = ("display_name", "account_number", "owner__username", "hts_id")

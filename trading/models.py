@@ -12,25 +12,33 @@ class BrokerAccount(models.Model):
         REAL = "real", "실전 (real)"
         PAPER = "paper", "모의투자 (paper)"
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="broker_accounts")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="broker_accounts"
+    )
     display_name = models.CharField(max_length=100)
     account_number = models.CharField(
         max_length=8, validators=[RegexValidator(r"\A[0-9]{8}\Z", "CANO is exactly 8 digits.")]
     )
     product_code = models.CharField(
-        max_length=2, default="01", validators=[RegexValidator(r"\A[0-9]{2}\Z", "Product code is exactly 2 digits.")]
+        max_length=2,
+        default="01",
+        validators=[RegexValidator(r"\A[0-9]{2}\Z", "Product code is exactly 2 digits.")],
     )
     environment = models.CharField(max_length=5, choices=Environment.choices, default=Environment.PAPER)
     base_url = models.URLField(help_text="KIS REST base URL (the local simulator in demo mode).")
     app_key = EncryptedTextField()
     app_secret = EncryptedTextField()
-    hts_id = models.CharField(max_length=16, blank=True, help_text="HTS id, the key of real-time fill notices.")
+    hts_id = models.CharField(
+        max_length=16, blank=True, help_text="HTS id, the key of real-time fill notices."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(fields=["owner", "account_number", "product_code"], name="uniq_owner_account"),
+            models.UniqueConstraint(
+                fields=["owner", "account_number", "product_code"], name="uniq_owner_account"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -64,7 +72,9 @@ class Order(models.Model):
     side = models.CharField(max_length=4, choices=Side.choices)
     stock_code = models.CharField(max_length=6)
     qty = models.PositiveIntegerField()
-    price = models.PositiveBigIntegerField(null=True, blank=True, help_text="Limit price in KRW; empty = market.")
+    price = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Limit price in KRW; empty = market."
+    )
     status = models.CharField(max_length=8, choices=Status.choices)
     order_no = models.CharField(max_length=32, blank=True, help_text="The broker's order number (ODNO).")
     broker_code = models.CharField(max_length=16, blank=True, help_text="The broker's msg_cd on a rejection.")

@@ -58,7 +58,7 @@ class AccountNotFound(Exception):
     """The account is not one of this user's (or the user has none)."""
 
 
-class TradeOutcome(str, enum.Enum):
+class TradeOutcome(enum.StrEnum):
     ACCEPTED = "accepted"
     EXCEEDS_HOLDINGS = "exceeds_holdings"
     REJECTED = "rejected"
@@ -84,19 +84,23 @@ def user_account(*, user, account_id: int | None = None) -> BrokerAccount:
     accounts = BrokerAccount.objects.filter(owner=user).order_by("id")
     if account_id is None:
         account = accounts.first()
-    elif isinstance(account_id, int) and not isinstance(account_id, bool) and 1 <= account_id <= MAX_ACCOUNT_ID:
+    elif (
+        isinstance(account_id, int) and not isinstance(account_id, bool) and 1 <= account_id <= MAX_ACCOUNT_ID
+    ):
         account = accounts.filter(pk=account_id).first()
     else:
         account = None
     if account is None:
         raise AccountNotFound(
-            _("You have no brokerage account.") if account_id is None
+            _("You have no brokerage account.")
+            if account_id is None
             else _("Account %(account_id)s is not one of yours.") % {"account_id": account_id}
         )
     return account
 
 
 # --- Idempotency --------------------------------------------------------------------------------
+
 
 def idempotency_key_error(key: object) -> str | None:
     if not isinstance(key, str) or not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH or not key.isprintable():
@@ -137,7 +141,9 @@ def _claim(user, key: str) -> tuple[IdempotencyKey | None, dict | None]:
     """Insert the (user, key) row, or find the existing one and wait for its answer.
 
     Returns (the new claim, None), or (None, the earlier request's answer or None)."""
-    IdempotencyKey.objects.filter(user=user, key=key, created_at__lt=timezone.now() - IDEMPOTENCY_TTL).delete()
+    IdempotencyKey.objects.filter(
+        user=user, key=key, created_at__lt=timezone.now() - IDEMPOTENCY_TTL
+    ).delete()
     try:
         with transaction.atomic():
             return IdempotencyKey.objects.create(user=user, key=key), None
@@ -153,6 +159,7 @@ def _claim(user, key: str) -> tuple[IdempotencyKey | None, dict | None]:
 
 # --- Orders -------------------------------------------------------------------------------------
 
+
 def _exceeds_orderable(exc: OrderRejected) -> bool:
     return exc.msg_cd in EXCEEDS_ORDERABLE_CODES or "주문가능수량" in exc.message.replace(" ", "")
 
@@ -161,12 +168,21 @@ def certainly_not_placed(exc: BrokerError) -> bool:
     """Whether a failed order cannot exist: it never left, or the broker's gateway turned it away with
     its code. Anything else (a timeout, a dropped connection, a server error, an answer that cannot be
     read) may have come after the broker took it."""
-    return isinstance(exc, NotSent | OrderRejected) or (isinstance(exc, GATEWAY_REFUSALS) and bool(exc.msg_cd))
+    return isinstance(exc, NotSent | OrderRejected) or (
+        isinstance(exc, GATEWAY_REFUSALS) and bool(exc.msg_cd)
+    )
 
 
 @counts_order_outcomes
-def place_order(*, account: BrokerAccount, stock_code: str, side: Side, qty: int, price: int | None,
-                broker: Broker | None = None) -> OrderResult:
+def place_order(
+    *,
+    account: BrokerAccount,
+    stock_code: str,
+    side: Side,
+    qty: int,
+    price: int | None,
+    broker: Broker | None = None,
+) -> OrderResult:
     """Send one validated cash order (market when `price` is None), recorded as an `Order` first.
 
     Never raises for what the broker does: every refusal and failure is an OrderResult. Raises
@@ -177,43 +193,60 @@ def place_order(*, account: BrokerAccount, stock_code: str, side: Side, qty: int
 
         broker = broker_for(account)
     # Written before the request leaves: a crash while it is out leaves a trace of an order that may exist.
-    order = Order.objects.create(account=account, side=side, stock_code=stock_code, qty=qty, price=price,
-                                 status=Order.Status.SENDING)
+    order = Order.objects.create(
+        account=account, side=side, stock_code=stock_code, qty=qty, price=price, status=Order.Status.SENDING
+    )
     try:
         order.order_no = broker.place_order(stock_code, side, qty, price)
     except OrderRejected as exc:
         logger.info("order rejected %s msg_cd=%s message=%s", context, exc.msg_cd, exc.message)
         _record(order, Order.Status.REJECTED, exc)
         outcome = TradeOutcome.EXCEEDS_HOLDINGS if _exceeds_orderable(exc) else TradeOutcome.REJECTED
-        return OrderResult(outcome, _("The broker rejected the order: %(reason)s") % {"reason": exc.message},
-                           broker_code=exc.msg_cd or None)
+        return OrderResult(
+            outcome,
+            _("The broker rejected the order: %(reason)s") % {"reason": exc.message},
+            broker_code=exc.msg_cd or None,
+        )
     except BrokerError as exc:
         if certainly_not_placed(exc):
             logger.warning("order not placed (%s) %s msg_cd=%s", exc.reason, context, exc.msg_cd)
             _record(order, Order.Status.FAILED, exc)
-            return OrderResult(TradeOutcome.UNREACHABLE,
-                               _("The order was not placed: %(reason)s") % {"reason": exc.message},
-                               broker_code=exc.msg_cd or None)
+            return OrderResult(
+                TradeOutcome.UNREACHABLE,
+                _("The order was not placed: %(reason)s") % {"reason": exc.message},
+                broker_code=exc.msg_cd or None,
+            )
         logger.warning("order state unknown (%s) %s msg_cd=%s", exc.reason, context, exc.msg_cd)
         _record(order, Order.Status.UNKNOWN, exc)
         return OrderResult(
             TradeOutcome.STATE_UNKNOWN,
-            _("The broker did not confirm the order: its state is unknown and is being checked with the "
-              "account. It was not retried; the watchlist will follow the account at the next sync."),
-            broker_code=exc.msg_cd or None, needs_reconcile=True,
+            _(
+                "The broker did not confirm the order: its state is unknown and is being checked with the "
+                "account. It was not retried; the watchlist will follow the account at the next sync."
+            ),
+            broker_code=exc.msg_cd or None,
+            needs_reconcile=True,
         )
     except Exception as exc:
         # An adapter bug after the request left: the order may exist, so never answer as if it did not.
         logger.exception("order state unknown (unexpected error) %s", context)
         _record(order, Order.Status.UNKNOWN, BrokerError(f"unexpected {type(exc).__name__} in the adapter"))
-        return OrderResult(TradeOutcome.STATE_UNKNOWN,
-                           _("The order's state is unknown after an internal error and is being checked with "
-                             "the account. It was not retried; the watchlist will follow the account at the "
-                             "next sync."), needs_reconcile=True)
+        return OrderResult(
+            TradeOutcome.STATE_UNKNOWN,
+            _(
+                "The order's state is unknown after an internal error and is being checked with "
+                "the account. It was not retried; the watchlist will follow the account at the "
+                "next sync."
+            ),
+            needs_reconcile=True,
+        )
 
     logger.info("order accepted %s order_no=%s", context, order.order_no)
-    accepted = OrderResult(TradeOutcome.ACCEPTED, _accepted_message(side, stock_code, qty, price, order.order_no),
-                           order_no=order.order_no)
+    accepted = OrderResult(
+        TradeOutcome.ACCEPTED,
+        _accepted_message(side, stock_code, qty, price, order.order_no),
+        order_no=order.order_no,
+    )
     if not _record(order, Order.Status.ACCEPTED):
         return replace(accepted, needs_reconcile=True)
     return accepted
@@ -224,13 +257,27 @@ def _accepted_message(side: Side, stock_code: str, qty: int, price: int | None, 
     # One sentence per side and kind of price: a translation words each as a whole.
     if price is None:
         if side == "buy":
-            return _("The buy order for %(qty)s of %(stock_code)s at market was accepted (order %(order_no)s).") % values
-        return _("The sell order for %(qty)s of %(stock_code)s at market was accepted (order %(order_no)s).") % values
+            return (
+                _("The buy order for %(qty)s of %(stock_code)s at market was accepted (order %(order_no)s).")
+                % values
+            )
+        return (
+            _("The sell order for %(qty)s of %(stock_code)s at market was accepted (order %(order_no)s).")
+            % values
+        )
     values["price"] = f"{price:,}"
     if side == "buy":
-        return _("The buy order for %(qty)s of %(stock_code)s at %(price)s KRW was accepted "
-                 "(order %(order_no)s).") % values
-    return _("The sell order for %(qty)s of %(stock_code)s at %(price)s KRW was accepted (order %(order_no)s).") % values
+        return (
+            _(
+                "The buy order for %(qty)s of %(stock_code)s at %(price)s KRW was accepted "
+                "(order %(order_no)s)."
+            )
+            % values
+        )
+    return (
+        _("The sell order for %(qty)s of %(stock_code)s at %(price)s KRW was accepted (order %(order_no)s).")
+        % values
+    )
 
 
 def _record(order: Order, status: Order.Status, error: BrokerError | None = None) -> bool:
@@ -242,6 +289,8 @@ def _record(order: Order, status: Order.Status, error: BrokerError | None = None
     try:
         order.save(update_fields=["status", "order_no", "broker_code", "message"])
     except DatabaseError:
-        logger.exception("order_id=%s not recorded as %s (order_no=%s)", order.id, status, order.order_no or "-")
+        logger.exception(
+            "order_id=%s not recorded as %s (order_no=%s)", order.id, status, order.order_no or "-"
+        )
         return False
     return True

@@ -47,15 +47,33 @@ def sync_now(modeladmin: admin.ModelAdmin, request, queryset: QuerySet) -> None:
 
 class WatchlistItemInline(ReadOnlyInline):
     model = WatchlistItem
-    fields = ["stock_code", "name", "quantity", "avg_price", "current_price", "eval_amount", "pnl",
-              "pnl_rate", "pending", "updated_at"]
+    fields = [
+        "stock_code",
+        "name",
+        "quantity",
+        "avg_price",
+        "current_price",
+        "eval_amount",
+        "pnl",
+        "pnl_rate",
+        "pending",
+        "updated_at",
+    ]
     readonly_fields = fields
 
 
 class PendingTradeInline(ReadOnlyInline):
     model = PendingTrade
-    fields = ["side", "stock_code", "qty", "expected_quantity", "order_id", "created_at", "resolved_at",
-              "resolution"]
+    fields = [
+        "side",
+        "stock_code",
+        "qty",
+        "expected_quantity",
+        "order_id",
+        "created_at",
+        "resolved_at",
+        "resolution",
+    ]
     readonly_fields = fields
     verbose_name_plural = "pending trades (optimistic changes)"
 
@@ -84,8 +102,17 @@ class WatchlistAdmin(ReadOnlyAdmin):
 
 @admin.register(WatchlistItem)
 class WatchlistItemAdmin(ReadOnlyAdmin):
-    list_display = ["stock_code", "name", "account", "quantity", "avg_price", "current_price", "pnl_rate",
-                    "pending", "updated_at"]
+    list_display = [
+        "stock_code",
+        "name",
+        "account",
+        "quantity",
+        "avg_price",
+        "current_price",
+        "pnl_rate",
+        "pending",
+        "updated_at",
+    ]
     list_select_related = ["watchlist__account"]
     list_filter = ["pending", "watchlist__account"]
     search_fields = ["stock_code", "name"]
@@ -110,8 +137,16 @@ class WatchlistChangeAdmin(ReadOnlyAdmin):
 
 @admin.register(SyncState)
 class SyncStateAdmin(ReadOnlyAdmin):
-    list_display = ["account", "status", "consecutive_failures", "last_success_at", "last_attempt_at",
-                    "next_attempt_at", "last_error", "realtime_error"]
+    list_display = [
+        "account",
+        "status",
+        "consecutive_failures",
+        "last_success_at",
+        "last_attempt_at",
+        "next_attempt_at",
+        "last_error",
+        "realtime_error",
+    ]
     list_select_related = ["account"]
     list_filter = ["consecutive_failures", "account"]
     actions = [sync_now]
@@ -127,8 +162,17 @@ class SyncStateAdmin(ReadOnlyAdmin):
 
 @admin.register(PendingTrade)
 class PendingTradeAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "account", "side", "stock_code", "qty", "expected_quantity", "order_id",
-                    "resolution", "resolved_at"]
+    list_display = [
+        "created_at",
+        "account",
+        "side",
+        "stock_code",
+        "qty",
+        "expected_quantity",
+        "order_id",
+        "resolution",
+        "resolved_at",
+    ]
     list_select_related = ["watchlist__account"]
     list_filter = ["resolution", "side", "watchlist__account"]
     search_fields = ["stock_code", "order_id"]

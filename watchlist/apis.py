@@ -69,6 +69,7 @@ class JSONBodyParser(JSONParser):
 # The contract's floor: never refuse a user below 20 trade requests within a second or 120 within a
 # minute, nor below 12 manual syncs a minute per account. The rates are settings (REST_FRAMEWORK).
 
+
 class TradeBurstThrottle(UserRateThrottle):
     scope = "trades-burst"
 
@@ -92,6 +93,7 @@ class AccountSyncThrottle(SimpleRateThrottle):
 
 # --- Trades -------------------------------------------------------------------------------------
 
+
 class TradeApi(APIView):
     side: Side
     parser_classes = [JSONBodyParser]
@@ -100,8 +102,12 @@ class TradeApi(APIView):
     @extend_schema_serializer(component_name="TradeRequest")
     class InputSerializer(serializers.Serializer):
         qty = QuantityField(help_text="Shares, 1 to 1,000,000.")
-        price = PriceField(required=False, allow_null=True, help_text="Limit price in KRW; absent: a market order.")
-        account = AccountIdField(required=False, help_text="One of your account ids; default: your first account.")
+        price = PriceField(
+            required=False, allow_null=True, help_text="Limit price in KRW; absent: a market order."
+        )
+        account = AccountIdField(
+            required=False, help_text="One of your account ids; default: your first account."
+        )
 
     @extend_schema_serializer(component_name="TradeResponse")
     class OutputSerializer(serializers.Serializer):
@@ -109,24 +115,31 @@ class TradeApi(APIView):
 
         success = serializers.BooleanField()
         outcome = serializers.ChoiceField(
-            choices=[outcome.value for outcome in TradeOutcome], required=False,
+            choices=[outcome.value for outcome in TradeOutcome],
+            required=False,
             help_text="What became of the order (absent when the request itself was refused). `state_unknown`: "
-                      "it may have reached the broker unconfirmed; a sync follows, and a retry must reuse the "
-                      "Idempotency-Key. `unreachable`: it was certainly not placed.",
+            "it may have reached the broker unconfirmed; a sync follows, and a retry must reuse the "
+            "Idempotency-Key. `unreachable`: it was certainly not placed.",
         )
         message = serializers.CharField()
         stock_code = serializers.CharField()
         qty = serializers.IntegerField(allow_null=True)
         order_id = serializers.CharField(required=False, help_text="The broker's order number (on success).")
         watchlist_version = serializers.IntegerField(
-            required=False, allow_null=True, help_text="The watchlist version after the optimistic change (on success)."
+            required=False,
+            allow_null=True,
+            help_text="The watchlist version after the optimistic change (on success).",
         )
         broker_code = serializers.CharField(required=False, help_text="The broker's msg_cd when it refused.")
-        errors = serializers.DictField(required=False, help_text="Each invalid field with its messages (400).")
+        errors = serializers.DictField(
+            required=False, help_text="Each invalid field with its messages (400)."
+        )
 
         def to_representation(self, instance):
             data = super().to_representation(instance)
-            return {key: value for key, value in data.items() if key not in self.OPTIONAL or value is not None}
+            return {
+                key: value for key, value in data.items() if key not in self.OPTIONAL or value is not None
+            }
 
     def post(self, request, stock_code: str):
         data = self.validated_input(request, stock_code)
@@ -168,12 +181,20 @@ class TradeApi(APIView):
 
 TRADE_PARAMETERS = [
     # The rule of trading.brokers.base.stock_code_error, as the ECMA regex OpenAPI uses.
-    OpenApiParameter("stock_code", OpenApiTypes.STR, OpenApiParameter.PATH, pattern=f"^{STOCK_CODE_PATTERN}$",
-                     description="KRX short code: 6 digits or upper-case letters, e.g. 005930."),
     OpenApiParameter(
-        "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+        "stock_code",
+        OpenApiTypes.STR,
+        OpenApiParameter.PATH,
+        pattern=f"^{STOCK_CODE_PATTERN}$",
+        description="KRX short code: 6 digits or upper-case letters, e.g. 005930.",
+    ),
+    OpenApiParameter(
+        "Idempotency-Key",
+        OpenApiTypes.STR,
+        OpenApiParameter.HEADER,
+        required=False,
         description="The same key from the same user within 24 h returns the first answer and places no second "
-                    "order; a request arriving while the first is in flight waits for it.",
+        "order; a request arriving while the first is in flight waits for it.",
     ),
 ]
 
@@ -187,19 +208,33 @@ def trade_schema(side: Side):
         request=TradeApi.InputSerializer,
         responses={
             200: OpenApiResponse(output, description="The broker accepted the order."),
-            400: OpenApiResponse(output, description="Invalid stock code, qty, price or account; `errors` per field."),
+            400: OpenApiResponse(
+                output, description="Invalid stock code, qty, price or account; `errors` per field."
+            ),
             401: OpenApiResponse(output, description="Not authenticated."),
             403: OpenApiResponse(output, description="CSRF check failed or not allowed."),
             404: OpenApiResponse(output, description="The account is not one of yours."),
-            409: OpenApiResponse(output, description="Sell of more than the account holds, or the same "
-                                                     "Idempotency-Key is still in flight."),
-            502: OpenApiResponse(output, description="The broker rejected the order (`broker_code`), the order was "
-                                                     "not sent (`unreachable`), or it may have reached the broker "
-                                                     "unconfirmed (`state_unknown`: a sync is queued)."),
-            429: OpenApiResponse(output, description="Too many trade requests (more than 20 a second or 120 a minute); "
-                                                     "`Retry-After` says when to try again. Nothing was sent."),
-            503: OpenApiResponse(output, description="The database is unavailable, or the account stayed busy with "
-                                                     "another trade or a sync; nothing was sent."),
+            409: OpenApiResponse(
+                output,
+                description="Sell of more than the account holds, or the same "
+                "Idempotency-Key is still in flight.",
+            ),
+            502: OpenApiResponse(
+                output,
+                description="The broker rejected the order (`broker_code`), the order was "
+                "not sent (`unreachable`), or it may have reached the broker "
+                "unconfirmed (`state_unknown`: a sync is queued).",
+            ),
+            429: OpenApiResponse(
+                output,
+                description="Too many trade requests (more than 20 a second or 120 a minute); "
+                "`Retry-After` says when to try again. Nothing was sent.",
+            ),
+            503: OpenApiResponse(
+                output,
+                description="The database is unavailable, or the account stayed busy with "
+                "another trade or a sync; nothing was sent.",
+            ),
         },
         tags=["trades"],
     )
@@ -218,7 +253,10 @@ class ExecuteSellApi(TradeApi):
 # --- Watchlist ----------------------------------------------------------------------------------
 
 ACCOUNT_QUERY = OpenApiParameter(
-    "account", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False,
+    "account",
+    OpenApiTypes.INT,
+    OpenApiParameter.QUERY,
+    required=False,
     description="One of your account ids; default: your first account.",
 )
 ERROR_RESPONSES = {
@@ -226,7 +264,9 @@ ERROR_RESPONSES = {
     401: OpenApiResponse(ErrorSerializer, description="Not authenticated."),
     403: OpenApiResponse(ErrorSerializer, description="CSRF check failed or not allowed."),
     404: OpenApiResponse(ErrorSerializer, description="The account is not one of yours."),
-    503: OpenApiResponse(ErrorSerializer, description="The database is unavailable, or the account stayed busy."),
+    503: OpenApiResponse(
+        ErrorSerializer, description="The database is unavailable, or the account stayed busy."
+    ),
 }
 
 
@@ -268,11 +308,19 @@ class WatchlistSyncApi(APIView):
         responses={
             200: OutputSerializer,
             **ERROR_RESPONSES,
-            429: OpenApiResponse(ErrorSerializer, description="More than 12 manual syncs of the account a minute; "
-                                                              "`Retry-After` says when to try again."),
-            502: OpenApiResponse(ErrorSerializer, description="The broker could not be read; the sync state records it."),
-            503: OpenApiResponse(ErrorSerializer, description="No read of the account could begin in time "
-                                 "(the app key's call budget is busy); Retry-After says when to ask again."),
+            429: OpenApiResponse(
+                ErrorSerializer,
+                description="More than 12 manual syncs of the account a minute; "
+                "`Retry-After` says when to try again.",
+            ),
+            502: OpenApiResponse(
+                ErrorSerializer, description="The broker could not be read; the sync state records it."
+            ),
+            503: OpenApiResponse(
+                ErrorSerializer,
+                description="No read of the account could begin in time "
+                "(the app key's call budget is busy); Retry-After says when to ask again.",
+            ),
         },
         tags=["watchlist"],
     )
@@ -281,10 +329,18 @@ class WatchlistSyncApi(APIView):
         try:
             result = sync_now(account)
         except SyncNotServed as exc:
-            body = {"success": False, "message": _("The account could not be read in time: the broker's call "
-                                                    "budget is busy. Try again shortly.")}
-            return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE,
-                            headers={"Retry-After": str(exc.retry_after)})
+            body = {
+                "success": False,
+                "message": _(
+                    "The account could not be read in time: the broker's call "
+                    "budget is busy. Try again shortly."
+                ),
+            }
+            return Response(
+                body,
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": str(exc.retry_after)},
+            )
         except BrokerError as exc:
             message = _("The account could not be read from the broker: %(reason)s") % {"reason": exc.message}
             body = {"success": False, "message": message}
@@ -295,6 +351,7 @@ class WatchlistSyncApi(APIView):
 
 
 # --- Authentication -----------------------------------------------------------------------------
+
 
 def login_username(raw: object) -> str | None:
     """The username as the login form compares it (stripped, NFKC as `normalize_username`), case-folded:
@@ -380,7 +437,9 @@ class AuthTokenRevokeApi(APIView):
         request=None,
         responses={
             204: OpenApiResponse(description="Revoked."),
-            401: OpenApiResponse(ErrorSerializer, description="No valid token (missing, expired or revoked)."),
+            401: OpenApiResponse(
+                ErrorSerializer, description="No valid token (missing, expired or revoked)."
+            ),
         },
         tags=["auth"],
     )

@@ -181,8 +181,12 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         except StopConsumer:
             raise
         except Exception:
-            logger.exception("socket user=%s account=%s: handling %s failed", self.user_id, self.account_id,
-                             message["type"])
+            logger.exception(
+                "socket user=%s account=%s: handling %s failed",
+                self.user_id,
+                self.account_id,
+                message["type"],
+            )
             await self.fail()
 
     async def connect(self) -> None:
@@ -203,13 +207,17 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         if owner.credential is None:
             return await self.refuse(CLOSE_UNAUTHENTICATED, "not authenticated")
         if not owner.by_token and not origin_allowed(self.scope):
-            return await self.refuse(CLOSE_FORBIDDEN, f"session socket of user={owner.user.pk} from a foreign Origin")
+            return await self.refuse(
+                CLOSE_FORBIDDEN, f"session socket of user={owner.user.pk} from a foreign Origin"
+            )
         if owner.account_id is None:
             return await self.refuse(CLOSE_FORBIDDEN, f"user={owner.user.pk} asked for account={requested!r}")
         fanout = process_fanout()
         # No await between this count and the join below, which counts the socket at once.
         if fanout.sockets_of_user(owner.user.pk) >= MAX_SOCKETS_PER_USER:
-            return await self.refuse(CLOSE_TOO_MANY, f"user={owner.user.pk} holds {MAX_SOCKETS_PER_USER} sockets here")
+            return await self.refuse(
+                CLOSE_TOO_MANY, f"user={owner.user.pk} holds {MAX_SOCKETS_PER_USER} sockets here"
+            )
         self.user_id, self.credential, self.account_id = owner.user.pk, owner.credential, owner.account_id
         self.frames = FrameRate()
 
@@ -259,10 +267,16 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         if not self.frames.admit() or self.backlog() > BURST:
             stop_reading(self.base_send)
             await self.send_error(_("Too many messages: slow down."))
-            return await self.refuse(CLOSE_TOO_MANY, f"user={self.user_id} account={self.account_id} flooding")
+            return await self.refuse(
+                CLOSE_TOO_MANY, f"user={self.user_id} account={self.account_id} flooding"
+            )
         if frame_too_large(text_data, bytes_data):
-            await self.send_error(format_lazy(_("A message may be at most {max_bytes} bytes."), max_bytes=MAX_FRAME_BYTES))
-            return await self.refuse(CLOSE_TOO_MANY, f"user={self.user_id} account={self.account_id} frame too large")
+            await self.send_error(
+                format_lazy(_("A message may be at most {max_bytes} bytes."), max_bytes=MAX_FRAME_BYTES)
+            )
+            return await self.refuse(
+                CLOSE_TOO_MANY, f"user={self.user_id} account={self.account_id} frame too large"
+            )
         request = parsed_request(text_data)
         if not isinstance(request, dict):
             return await self.send_error(request)
@@ -303,11 +317,15 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
         try:
             while self.check_wanted and not self.closed:
                 self.check_wanted = False
-                code = await database_sync_to_async(refusal, thread_sensitive=False)(self.credential, self.account_id)
+                code = await database_sync_to_async(refusal, thread_sensitive=False)(
+                    self.credential, self.account_id
+                )
                 if code is not None:
                     await self.end(code, f"user={self.user_id} account={self.account_id} revoked")
         except Exception:
-            logger.exception("socket user=%s account=%s: checking again failed", self.user_id, self.account_id)
+            logger.exception(
+                "socket user=%s account=%s: checking again failed", self.user_id, self.account_id
+            )
             await self.fail()
         finally:
             self.check_task = None
@@ -374,12 +392,16 @@ class WatchlistConsumer(AsyncWebsocketConsumer):
                 self.credential, self.account_id
             )
         else:
-            code, snapshot = None, await database_sync_to_async(snapshot_of_account, thread_sensitive=False)(
-                self.account_id
+            code, snapshot = (
+                None,
+                await database_sync_to_async(snapshot_of_account, thread_sensitive=False)(self.account_id),
             )
         if code is not None or snapshot is None:
-            return await self.end(code or CLOSE_FORBIDDEN, f"user={self.user_id} account={self.account_id} "
-                                  f"{'no longer allowed' if code else 'no longer exists'}")
+            return await self.end(
+                code or CLOSE_FORBIDDEN,
+                f"user={self.user_id} account={self.account_id} "
+                f"{'no longer allowed' if code else 'no longer exists'}",
+            )
         message = {"type": "watchlist_snapshot", **snapshot}
         if self.render_html:
             with translation.override(self.language):

@@ -36,8 +36,14 @@ class ItemState(Holding):
         """The values whose change is a watchlist change."""
         return (self.quantity, self.avg_price, self.pending)
 
-    def revalued(self, *, quantity: int | None = None, avg_price: float | None = None,
-                 current_price: int | None = None, pending: bool | None = None) -> ItemState:
+    def revalued(
+        self,
+        *,
+        quantity: int | None = None,
+        avg_price: float | None = None,
+        current_price: int | None = None,
+        pending: bool | None = None,
+    ) -> ItemState:
         """This item with some values replaced and its evaluation and P&L recomputed from them."""
         quantity = self.quantity if quantity is None else quantity
         avg_price = self.avg_price if avg_price is None else avg_price

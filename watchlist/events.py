@@ -30,8 +30,9 @@ def _send(account_id: int, event_type: str, message: dict) -> None:
     )
 
 
-def watchlist_changed_message(changes: dict[str, list[str]], full_list: list[dict], version: int,
-                              totals: dict | None = None) -> dict:
+def watchlist_changed_message(
+    changes: dict[str, list[str]], full_list: list[dict], version: int, totals: dict | None = None
+) -> dict:
     """`totals`: the account's totals (selectors.totals_dict), None while unknown."""
     return {
         "type": "watchlist_changed",
@@ -46,16 +47,21 @@ def watchlist_changed_message(changes: dict[str, list[str]], full_list: list[dic
 def send_watchlist_changed(account_id: int, message: dict) -> None:
     """Send a watchlist_changed message (call it after the change committed)."""
     _send(account_id, "watchlist.changed", message)
-    logger.info("broadcast watchlist_changed account=%s version=%s changes=%s",
-                account_id, message["version"], message["changes"])
+    logger.info(
+        "broadcast watchlist_changed account=%s version=%s changes=%s",
+        account_id,
+        message["version"],
+        message["changes"],
+    )
 
 
 def send_sync_status(account_id: int, sync: dict) -> None:
     _send(account_id, "sync.status", {"type": "sync_status", "sync": sync, "timestamp": int(time.time())})
 
 
-def price_update_message(stock_code: str, price: int, change: int, change_rate: float, volume: int,
-                         timestamp: int | None = None) -> dict:
+def price_update_message(
+    stock_code: str, price: int, change: int, change_rate: float, volume: int, timestamp: int | None = None
+) -> dict:
     """`timestamp`: when the price traded (default now)."""
     return {
         "type": "price_update",
@@ -79,8 +85,9 @@ async def broadcast_price_updates(updates: Iterable[tuple[Iterable[int], dict]])
     await get_channel_layer().group_send(PRICES_GROUP, {"type": "price.updates", "updates": batch})
 
 
-def send_socket_revocation(*, user_id: int | None = None, account_id: int | None = None,
-                           session: str | None = None) -> None:
+def send_socket_revocation(
+    *, user_id: int | None = None, account_id: int | None = None, session: str | None = None
+) -> None:
     """Every process checks again the sockets of `user_id` (or of `account_id`) and closes those no
     longer allowed; `session` (a fingerprint, socket_auth.session_fingerprint) names a session that
     ended, whose sockets close without a check (the session may not be gone from the store yet)."""

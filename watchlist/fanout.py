@@ -158,8 +158,11 @@ class Fanout:
                 await self.layer.group_send(self._probe_group, {"type": "fanout.probe"})
                 await asyncio.sleep(PROBE_EVERY)
                 if not self._probe_returned:
-                    logger.error("fan-out: a probe did not come back within %gs: the channel layer lost "
-                                 "this process's group memberships or stopped delivering", PROBE_EVERY)
+                    logger.error(
+                        "fan-out: a probe did not come back within %gs: the channel layer lost "
+                        "this process's group memberships or stopped delivering",
+                        PROBE_EVERY,
+                    )
                     break
                 if group_expiry is not None and loop.time() - joined_at > group_expiry / 2:
                     joined_at = loop.time()
@@ -191,7 +194,9 @@ class Fanout:
         groups = [*self._own_groups(), *(watchlist_group(a) for a, room in rooms.items() if room.member)]
         channel = self.channel
         sockets = [socket for room in rooms.values() for socket in room.sockets]
-        logger.warning("fan-out: closing this process's %d sockets so that their clients reconnect", len(sockets))
+        logger.warning(
+            "fan-out: closing this process's %d sockets so that their clients reconnect", len(sockets)
+        )
         for socket in sockets:
             try:
                 await socket.close(code=CLOSE_LAYER_FAILED)
@@ -205,7 +210,7 @@ class Fanout:
         for group in groups:
             try:
                 await self.layer.group_discard(group, channel)
-            except Exception as exc:  # the layer is failing: nothing left to leave
+            except Exception as exc:  # noqa: BLE001 - the layer is failing: nothing left to leave
                 logger.info("fan-out: could not leave %s: %s", group, exc)
                 return
 

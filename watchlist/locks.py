@@ -52,7 +52,9 @@ class HeldLock:
     def __init__(self, account_id: int, purpose: str) -> None:
         self.account_id, self.purpose = account_id, purpose
         self.timeout = settings.WATCHLIST_LOCK_TIMEOUT
-        self.lock: Lock = redis_client().lock(_key(account_id, purpose), timeout=self.timeout, thread_local=False)
+        self.lock: Lock = redis_client().lock(
+            _key(account_id, purpose), timeout=self.timeout, thread_local=False
+        )
         self._released = threading.Event()
         self._renewer: threading.Thread | None = None
 
@@ -83,8 +85,12 @@ class HeldLock:
             # Lost while held (Redis restarted, or renewal failed): never delete another holder's lock.
             logger.warning("%s lock of account=%s was lost before release", self.purpose, self.account_id)
         except RedisError as error:
-            logger.warning("%s lock of account=%s not released (%s): it expires by itself", self.purpose,
-                           self.account_id, type(error).__name__)
+            logger.warning(
+                "%s lock of account=%s not released (%s): it expires by itself",
+                self.purpose,
+                self.account_id,
+                type(error).__name__,
+            )
 
 
 @contextmanager

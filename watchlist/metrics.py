@@ -24,7 +24,9 @@ SYNC_LATENESS = Histogram(
     buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 120),
 )
 SYNC_OUTCOMES = Counter(
-    "watchlist_syncs", "Sync attempts by result (ok, failed, skipped) and failure reason.", ["result", "reason"]
+    "watchlist_syncs",
+    "Sync attempts by result (ok, failed, skipped) and failure reason.",
+    ["result", "reason"],
 )
 OPEN_SOCKETS = Gauge("watchlist_open_sockets", "WebSockets open in this process.")
 FANOUT_DELIVERY = Histogram(
@@ -57,8 +59,11 @@ class SyncHealthCollector(Collector):
         for state, count in health.accounts_by_state.items():
             by_state.add_metric([state], count)
         yield by_state
-        yield GaugeMetricFamily("watchlist_accounts_failing", "Accounts whose last sync failed.",
-                                value=health.accounts_by_state["failing"])
+        yield GaugeMetricFamily(
+            "watchlist_accounts_failing",
+            "Accounts whose last sync failed.",
+            value=health.accounts_by_state["failing"],
+        )
         if health.oldest_success is not None:
             yield GaugeMetricFamily(
                 "watchlist_oldest_sync_success_age_seconds",

@@ -10,7 +10,8 @@ class Watchlist(models.Model):
     account = models.OneToOneField(BrokerAccount, on_delete=models.CASCADE, related_name="watchlist")
     version = models.PositiveIntegerField(default=0)
     totals = models.JSONField(
-        null=True, blank=True,
+        null=True,
+        blank=True,
         help_text="The account's totals as the broker reported them at the last sync (selectors.totals_dict).",
     )
     read_mark = models.BigIntegerField(
@@ -87,7 +88,8 @@ class SyncState(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
     last_error = models.TextField(blank=True)
     realtime_error = models.TextField(
-        blank=True, help_text="What the price feed cannot do for this account now, and why; empty when all is well."
+        blank=True,
+        help_text="What the price feed cannot do for this account now, and why; empty when all is well.",
     )
 
     @property
@@ -143,7 +145,8 @@ class PendingTrade(models.Model):
         ordering = ["id"]
         indexes = [
             models.Index(
-                fields=["watchlist"], condition=models.Q(resolved_at__isnull=True),
+                fields=["watchlist"],
+                condition=models.Q(resolved_at__isnull=True),
                 name="open_pending_trade_idx",
             ),
         ]

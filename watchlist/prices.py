@@ -512,8 +512,15 @@ class PriceFeed:
                 notice.qty,
                 notice.price,
             )
-            task = asyncio.create_task(database_sync_to_async(trades.apply_fill_notice)(
-                account.id, order_no=notice.order_no, side=notice.side, stock_code=notice.stock_code,
-                qty=notice.qty, price=notice.price))
+            task = asyncio.create_task(
+                database_sync_to_async(trades.apply_fill_notice)(
+                    account.id,
+                    order_no=notice.order_no,
+                    side=notice.side,
+                    stock_code=notice.stock_code,
+                    qty=notice.qty,
+                    price=notice.price,
+                )
+            )
             self._fill_syncs.add(task)
             task.add_done_callback(self._fill_syncs.discard)

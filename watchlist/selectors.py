@@ -103,13 +103,17 @@ def sync_health(failing_limit: int = 50) -> SyncHealth:
     )
     without_state = BrokerAccount.objects.filter(sync_state__isnull=True).count()
     failing = list(
-        SyncState.objects.filter(consecutive_failures__gt=0).select_related("account")
+        SyncState.objects.filter(consecutive_failures__gt=0)
+        .select_related("account")
         .defer("account__app_key", "account__app_secret")
         .order_by("-consecutive_failures", "last_success_at")[:failing_limit]
     )
     return SyncHealth(
-        accounts_by_state={"ok": counts["ok"], "failing": counts["failing"],
-                           "never": counts["never_synced"] + without_state},
+        accounts_by_state={
+            "ok": counts["ok"],
+            "failing": counts["failing"],
+            "never": counts["never_synced"] + without_state,
+        },
         oldest_success=counts["oldest_success"],
         failing=failing,
     )

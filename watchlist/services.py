@@ -86,8 +86,10 @@ class Reconciliation:
             f"{intent.side} {intent.stock_code} x{intent.qty} (order {intent.order_id or '?'})"
             for intent in self.expired
         )
-        return (f"Not confirmed by the account within {int(grace.total_seconds())} s, "
-                f"the account's state wins: {orders}.")
+        return (
+            f"Not confirmed by the account within {int(grace.total_seconds())} s, "
+            f"the account's state wins: {orders}."
+        )
 
 
 def reconcile(
@@ -109,8 +111,11 @@ def reconcile(
 
     result = Reconciliation(target=dict(holdings))
     for code, intents in intents_by_code.items():
-        given_up = [i for i in intents
-                    if i.status == PendingTrade.Status.SENDING and now - i.created_at > order_deadline]
+        given_up = [
+            i
+            for i in intents
+            if i.status == PendingTrade.Status.SENDING and now - i.created_at > order_deadline
+        ]
         live = [i for i in intents if i not in given_up]
         if any(i.settled_mark is None or i.settled_mark > read_mark for i in live):
             _keep_optimistic(result.target, code, stored.get(code), holdings.get(code))
@@ -131,8 +136,9 @@ def reconcile(
     return result
 
 
-def _keep_optimistic(target: dict[str, ItemState], code: str, optimistic: ItemState | None,
-                     held: ItemState | None) -> None:
+def _keep_optimistic(
+    target: dict[str, ItemState], code: str, optimistic: ItemState | None, held: ItemState | None
+) -> None:
     if optimistic is None:
         target.pop(code, None)
     elif held is None:
@@ -141,8 +147,9 @@ def _keep_optimistic(target: dict[str, ItemState], code: str, optimistic: ItemSt
         target[code] = replace(optimistic.revalued(current_price=held.current_price), name=held.name)
 
 
-def optimistic_item(held: ItemState | None, stock_code: str, trade_type: Side, qty: int,
-                    price: int | None, name: str) -> ItemState | None:
+def optimistic_item(
+    held: ItemState | None, stock_code: str, trade_type: Side, qty: int, price: int | None, name: str
+) -> ItemState | None:
     """The item as it will be once an accepted order fills (None: not held). A market order's price is
     not known yet: the held item's current price stands in, the reconciling sync brings the real one."""
     if trade_type == "sell":
@@ -171,8 +178,9 @@ def filled_item(item: ItemState, intent: PendingTrade, qty: int, price: int) -> 
 
 
 class WatchlistService:
-    def __init__(self, account: BrokerAccount, broker: Broker | None = None, *,
-                 clock: Clock = timezone.now) -> None:
+    def __init__(
+        self, account: BrokerAccount, broker: Broker | None = None, *, clock: Clock = timezone.now
+    ) -> None:
         self.account = account
         self._broker = broker
         self.clock = clock
@@ -196,8 +204,10 @@ class WatchlistService:
         account_id = self.account.id
         with sync_in_progress(account_id, on_sync_wanted=jobs.request_sync) as acquired:
             if not acquired:
-                logger.info("sync skipped account=%s: a sync of it is running and will queue "
-                            "another sync when done", account_id)
+                logger.info(
+                    "sync skipped account=%s: a sync of it is running and will queue another sync when done",
+                    account_id,
+                )
                 return SyncResult(WatchlistDiff(), watchlist.version, skipped=True)
             try:
                 with self.broker.read_turn(lambda: reads.read_priority(account_id)):
@@ -205,43 +215,76 @@ class WatchlistService:
                     read_mark = next_mark()
                     account_df = self.broker.get_acct_balance()
             except BrokerError as exc:
-                logger.warning("sync failed account=%s reason=%s msg_cd=%s: %s",
-                               account_id, exc.reason, exc.msg_cd or "-", exc.message)
+                logger.warning(
+                    "sync failed account=%s reason=%s msg_cd=%s: %s",
+                    account_id,
+                    exc.reason,
+                    exc.msg_cd or "-",
+                    exc.message,
+                )
                 raise
             holding_stocks = holdings_from_balance(account_df)
-            result = self._update_watchlist_from_holdings(watchlist, holding_stocks, account_df, read_mark=read_mark)
+            result = self._update_watchlist_from_holdings(
+                watchlist, holding_stocks, account_df, read_mark=read_mark
+            )
             if not result.skipped:
                 reads.read_written(account_id, read_number)
                 result = replace(result, read_number=read_number)
             return result
 
-    def _update_watchlist_from_holdings(self, watchlist: Watchlist, holding_stocks: dict[str, ItemState],
-                                        account_df: pd.DataFrame, *, read_mark: int) -> SyncResult:
+    def _update_watchlist_from_holdings(
+        self,
+        watchlist: Watchlist,
+        holding_stocks: dict[str, ItemState],
+        account_df: pd.DataFrame,
+        *,
+        read_mark: int,
+    ) -> SyncResult:
         now = self.clock()
         grace = timedelta(seconds=settings.WATCHLIST_PENDING_GRACE)
         deadline = timedelta(seconds=settings.WATCHLIST_ORDER_DEADLINE)
         with account_lock(self.account.id), transaction.atomic(durable=True):
             if _claim_read(watchlist, read_mark) is None:
-                logger.info("sync of account=%s dropped: a read that began later is written already",
-                            self.account.id)
+                logger.info(
+                    "sync of account=%s dropped: a read that began later is written already", self.account.id
+                )
                 return SyncResult(WatchlistDiff(), watchlist.version, skipped=True)
             items = {item.stock_code: item for item in watchlist.items.all()}
             stored = {code: ItemState.of(item) for code, item in items.items()}
             open_intents = watchlist.pending_trades.filter(resolved_at__isnull=True).order_by("id")
-            plan = reconcile(stored, holding_stocks, open_intents, read_mark=read_mark, now=now, grace=grace,
-                             order_deadline=deadline)
+            plan = reconcile(
+                stored,
+                holding_stocks,
+                open_intents,
+                read_mark=read_mark,
+                now=now,
+                grace=grace,
+                order_deadline=deadline,
+            )
             changes = diff_items(stored, plan.target)
             self._save_totals(watchlist, account_df.attrs.get("totals"))
-            version = self._save_changes(watchlist, items, plan.target, changes,
-                                         cause=WatchlistChange.Cause.SYNC, note=plan.note(grace))
+            version = self._save_changes(
+                watchlist,
+                items,
+                plan.target,
+                changes,
+                cause=WatchlistChange.Cause.SYNC,
+                note=plan.note(grace),
+            )
             _resolve(plan.confirmed, PendingTrade.Resolution.CONFIRMED, now)
             _resolve(plan.expired, PendingTrade.Resolution.EXPIRED, now)
             _resolve(plan.settled, PendingTrade.Resolution.READ, now)
         if plan.expired:
             logger.warning("account=%s version=%s: %s", self.account.id, version, plan.note(grace))
-        logger.info("synced account=%s version=%s balance_rows=%d holdings=%d changes=%s repriced=%d",
-                    self.account.id, version, len(account_df), len(holding_stocks), changes.as_dict(),
-                    len(changes.repriced))
+        logger.info(
+            "synced account=%s version=%s balance_rows=%d holdings=%d changes=%s repriced=%d",
+            self.account.id,
+            version,
+            len(account_df),
+            len(holding_stocks),
+            changes.as_dict(),
+            len(changes.repriced),
+        )
         return SyncResult(changes, version)
 
     # --- trades -----------------------------------------------------------------------------------
@@ -250,8 +293,13 @@ class WatchlistService:
         """Record an order about to leave (`sending`), committed before it leaves: until it is applied,
         no read can settle its code."""
         return PendingTrade.objects.create(
-            watchlist=self._watchlist(), stock_code=stock_code, side=trade_type, qty=qty, expected_quantity=0,
-            status=PendingTrade.Status.SENDING, created_at=self.clock(),
+            watchlist=self._watchlist(),
+            stock_code=stock_code,
+            side=trade_type,
+            qty=qty,
+            expected_quantity=0,
+            status=PendingTrade.Status.SENDING,
+            created_at=self.clock(),
         )
 
     def order_not_placed(self, intent: PendingTrade) -> None:
@@ -265,9 +313,17 @@ class WatchlistService:
             )
         jobs.request_waited_sync(self.account.id)
 
-    def handle_trade_event(self, stock_code: str, trade_type: Side, qty: int, *, order_id: str = "",
-                           price: int | None = None, name: str | None = None,
-                           intent: PendingTrade | None = None) -> int | None:
+    def handle_trade_event(
+        self,
+        stock_code: str,
+        trade_type: Side,
+        qty: int,
+        *,
+        order_id: str = "",
+        price: int | None = None,
+        name: str | None = None,
+        intent: PendingTrade | None = None,
+    ) -> int | None:
         """Apply an order the broker accepted, at once and pending; queue the reconciling read.
 
         `intent`: the order's registration (register_order); a read that gave it up meanwhile refuses
@@ -277,52 +333,97 @@ class WatchlistService:
         validate_order(stock_code, trade_type, qty, price)
         watchlist = self._watchlist()
         with account_lock(self.account.id), transaction.atomic(durable=True):
-            if intent is not None and not PendingTrade.objects.filter(
-                pk=intent.pk, status=PendingTrade.Status.SENDING, resolved_at__isnull=True
-            ).exists():
+            if (
+                intent is not None
+                and not PendingTrade.objects.filter(
+                    pk=intent.pk, status=PendingTrade.Status.SENDING, resolved_at__isnull=True
+                ).exists()
+            ):
                 refused = True
             else:
                 refused = False
-                version, changes = self._apply_order(watchlist, stock_code, trade_type, qty, order_id, price,
-                                                     name, intent)
+                version, changes = self._apply_order(
+                    watchlist, stock_code, trade_type, qty, order_id, price, name, intent
+                )
         if refused:
-            logger.warning("trade event account=%s %s %s x%s order=%s refused: a read gave its order up",
-                           self.account.id, trade_type, stock_code, qty, order_id or "-")
+            logger.warning(
+                "trade event account=%s %s %s x%s order=%s refused: a read gave its order up",
+                self.account.id,
+                trade_type,
+                stock_code,
+                qty,
+                order_id or "-",
+            )
             jobs.request_waited_sync(self.account.id)
             return None
-        logger.info("trade event account=%s %s %s x%s order=%s version=%s changes=%s",
-                    self.account.id, trade_type, stock_code, qty, order_id or "-", version, changes.as_dict())
+        logger.info(
+            "trade event account=%s %s %s x%s order=%s version=%s changes=%s",
+            self.account.id,
+            trade_type,
+            stock_code,
+            qty,
+            order_id or "-",
+            version,
+            changes.as_dict(),
+        )
         jobs.request_waited_sync(self.account.id)
         return version
 
-    def _apply_order(self, watchlist: Watchlist, stock_code: str, trade_type: Side, qty: int,
-                     order_id: str, price: int | None, name: str | None,
-                     intent: PendingTrade | None) -> tuple[int, WatchlistDiff]:
+    def _apply_order(
+        self,
+        watchlist: Watchlist,
+        stock_code: str,
+        trade_type: Side,
+        qty: int,
+        order_id: str,
+        price: int | None,
+        name: str | None,
+        intent: PendingTrade | None,
+    ) -> tuple[int, WatchlistDiff]:
         watchlist.refresh_from_db(fields=["version"])
         item = watchlist.items.filter(stock_code=stock_code).first()
         stored = {stock_code: ItemState.of(item)} if item else {}
         known = None if item else known_stock(stock_code)
-        expected = optimistic_item(stored.get(stock_code), stock_code, trade_type, qty,
-                                   price or (known.price if known else None),
-                                   name or (known.name if known else stock_code))
+        expected = optimistic_item(
+            stored.get(stock_code),
+            stock_code,
+            trade_type,
+            qty,
+            price or (known.price if known else None),
+            name or (known.name if known else stock_code),
+        )
         target = {stock_code: expected} if expected else {}
         changes = diff_items(stored, target)
-        version = self._save_changes(watchlist, {stock_code: item} if item else {}, target, changes,
-                                     cause=WatchlistChange.Cause(trade_type))
+        version = self._save_changes(
+            watchlist,
+            {stock_code: item} if item else {},
+            target,
+            changes,
+            cause=WatchlistChange.Cause(trade_type),
+        )
         fields = {
-            "expected_quantity": expected.quantity if expected else 0, "order_id": order_id,
-            "status": PendingTrade.Status.APPLIED, "settled_mark": next_mark(),
+            "expected_quantity": expected.quantity if expected else 0,
+            "order_id": order_id,
+            "status": PendingTrade.Status.APPLIED,
+            "settled_mark": next_mark(),
             "assumed_price": int(expected.current_price) if expected and trade_type == "buy" else None,
         }
         if intent is not None:
             PendingTrade.objects.filter(pk=intent.pk).update(**fields)
         elif changes:
-            PendingTrade.objects.create(watchlist=watchlist, stock_code=stock_code, side=trade_type, qty=qty,
-                                        created_at=self.clock(), **fields)
+            PendingTrade.objects.create(
+                watchlist=watchlist,
+                stock_code=stock_code,
+                side=trade_type,
+                qty=qty,
+                created_at=self.clock(),
+                **fields,
+            )
         return version, changes
 
-    def confirm_fill(self, order_id: str, stock_code: str, trade_type: Side, qty: int,
-                     price: int) -> int | None:
+    def confirm_fill(
+        self, order_id: str, stock_code: str, trade_type: Side, qty: int, price: int
+    ) -> int | None:
         """A fill notice of an applied order: its quantity and price settle the item without a read.
         Returns the watchlist version after it.
 
@@ -330,9 +431,16 @@ class WatchlistService:
         order is not one of this app's)."""
         watchlist = self._watchlist()
         with account_lock(self.account.id), transaction.atomic(durable=True):
-            intent = (watchlist.pending_trades.select_for_update()
-                      .filter(order_id=order_id, stock_code=stock_code, resolved_at__isnull=True,
-                              status__in=[PendingTrade.Status.APPLIED, PendingTrade.Status.FILLED]).first())
+            intent = (
+                watchlist.pending_trades.select_for_update()
+                .filter(
+                    order_id=order_id,
+                    stock_code=stock_code,
+                    resolved_at__isnull=True,
+                    status__in=[PendingTrade.Status.APPLIED, PendingTrade.Status.FILLED],
+                )
+                .first()
+            )
             if intent is None:
                 return None
             watchlist.refresh_from_db(fields=["version"])
@@ -343,12 +451,26 @@ class WatchlistService:
             if item is not None:
                 target[stock_code] = filled_item(stored[stock_code], intent, qty, price)
             changes = diff_items(stored, target)
-            version = self._save_changes(watchlist, {stock_code: item} if item else {}, target, changes,
-                                         cause=WatchlistChange.Cause(trade_type))
+            version = self._save_changes(
+                watchlist,
+                {stock_code: item} if item else {},
+                target,
+                changes,
+                cause=WatchlistChange.Cause(trade_type),
+            )
             intent.status = PendingTrade.Status.FILLED
             intent.save(update_fields=["filled_qty", "status"])
-        logger.info("fill notice account=%s order=%s %s %s x%s at %s version=%s changes=%s", self.account.id,
-                    order_id, trade_type, stock_code, qty, price, version, changes.as_dict())
+        logger.info(
+            "fill notice account=%s order=%s %s %s x%s at %s version=%s changes=%s",
+            self.account.id,
+            order_id,
+            trade_type,
+            stock_code,
+            qty,
+            price,
+            version,
+            changes.as_dict(),
+        )
         return version
 
     # --- writing ----------------------------------------------------------------------------------
@@ -364,9 +486,16 @@ class WatchlistService:
             Watchlist.objects.filter(pk=watchlist.pk).update(totals=totals)
             watchlist.totals = totals
 
-    def _save_changes(self, watchlist: Watchlist, items: dict[str, WatchlistItem],
-                      target: dict[str, ItemState], changes: WatchlistDiff, *, cause: str,
-                      note: str = "") -> int:
+    def _save_changes(
+        self,
+        watchlist: Watchlist,
+        items: dict[str, WatchlistItem],
+        target: dict[str, ItemState],
+        changes: WatchlistDiff,
+        *,
+        cause: str,
+        note: str = "",
+    ) -> int:
         """Write `changes` (already diffed under the lock); returns the version after them."""
         now = timezone.now()
         rewritten = []
@@ -391,20 +520,27 @@ class WatchlistService:
         Watchlist.objects.filter(pk=watchlist.pk).update(version=F("version") + 1, updated_at=now)
         version = Watchlist.objects.values_list("version", flat=True).get(pk=watchlist.pk)
         WatchlistChange.objects.create(
-            watchlist=watchlist, version=version, cause=cause, note=note,
-            added=list(changes.added), removed=list(changes.removed), updated=list(changes.updated),
+            watchlist=watchlist,
+            version=version,
+            cause=cause,
+            note=note,
+            added=list(changes.added),
+            removed=list(changes.removed),
+            updated=list(changes.updated),
         )
         # A lambda, not functools.partial (here and in record_sync_outcome): Django logs a failed robust
         # hook by its __qualname__, which a partial lacks, so a failed broadcast (Redis restarting)
         # would raise out of the commit instead of being logged.
-        transaction.on_commit(lambda: self._broadcast_watchlist_change(watchlist, changes, version),
-                              robust=True)
+        transaction.on_commit(
+            lambda: self._broadcast_watchlist_change(watchlist, changes, version), robust=True
+        )
         return version
 
     def _broadcast_watchlist_change(self, watchlist: Watchlist, changes: WatchlistDiff, version: int) -> None:
         """Runs on commit, still under the account lock: the list read here is exactly `version`."""
-        message = events.watchlist_changed_message(changes.as_dict(), full_list(watchlist), version,
-                                                   totals_dict(watchlist))
+        message = events.watchlist_changed_message(
+            changes.as_dict(), full_list(watchlist), version, totals_dict(watchlist)
+        )
         events.send_watchlist_changed(self.account.id, message)
 
 
@@ -420,8 +556,14 @@ def _update_items(items: list[WatchlistItem]) -> None:
     columns = [WatchlistItem._meta.get_field(name).column for name in ITEM_VALUE_FIELDS] + [updated_at.column]
     assignments = ", ".join(f"{quote(column)} = %s" for column in columns)
     statement = f"UPDATE {quote(WatchlistItem._meta.db_table)} SET {assignments} WHERE {quote('id')} = %s"
-    rows = [[*(getattr(item, name) for name in ITEM_VALUE_FIELDS),
-             updated_at.get_db_prep_save(item.updated_at, connection), item.pk] for item in items]
+    rows = [
+        [
+            *(getattr(item, name) for name in ITEM_VALUE_FIELDS),
+            updated_at.get_db_prep_save(item.updated_at, connection),
+            item.pk,
+        ]
+        for item in items
+    ]
     with connection.cursor() as cursor:
         cursor.executemany(statement, rows)
 
@@ -431,8 +573,10 @@ def _claim_read(watchlist: Watchlist, read_mark: int) -> Watchlist | None:
     None when a read that began later was written already."""
     table = Watchlist._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {table} SET read_mark = %s WHERE id = %s AND read_mark <= %s RETURNING version",
-                       [read_mark, watchlist.pk, read_mark])
+        cursor.execute(
+            f"UPDATE {table} SET read_mark = %s WHERE id = %s AND read_mark <= %s RETURNING version",
+            [read_mark, watchlist.pk, read_mark],
+        )
         row = cursor.fetchone()
     if row is None:
         return None
@@ -460,8 +604,13 @@ class KnownStock:
 
 def known_stock(stock_code: str) -> KnownStock | None:
     """The name and last price of a code some watchlist holds (the price feed keeps its price)."""
-    row = (WatchlistItem.objects.filter(stock_code=stock_code).exclude(name=stock_code)
-           .order_by("-updated_at").values_list("name", "current_price").first())
+    row = (
+        WatchlistItem.objects.filter(stock_code=stock_code)
+        .exclude(name=stock_code)
+        .order_by("-updated_at")
+        .values_list("name", "current_price")
+        .first()
+    )
     return KnownStock(*row) if row else None
 
 
@@ -474,6 +623,7 @@ def _resolve(intents: list[PendingTrade], resolution: str, now: datetime) -> Non
 
 # --- sync state, backoff, dispatch -------------------------------------------------------------------
 
+
 def sync_retry_delay(consecutive_failures: int) -> int:
     """Seconds until the next attempt: the sync interval, doubled per failure in a row, capped."""
     base = settings.WATCHLIST_SYNC_INTERVAL
@@ -482,8 +632,9 @@ def sync_retry_delay(consecutive_failures: int) -> int:
     return min(base * 2 ** min(consecutive_failures - 1, 16), settings.WATCHLIST_BACKOFF_MAX)
 
 
-def record_sync_outcome(account_id: int, error: BrokerError | None = None, *,
-                        now: datetime | None = None) -> SyncState:
+def record_sync_outcome(
+    account_id: int, error: BrokerError | None = None, *, now: datetime | None = None
+) -> SyncState:
     """Record one sync attempt (error None: it succeeded) and schedule the next.
 
     Sends `sync_status` after every failure and whenever the status changes."""
@@ -505,8 +656,12 @@ def record_sync_outcome(account_id: int, error: BrokerError | None = None, *,
             sync = sync_status_dict(state)
             transaction.on_commit(lambda: events.send_sync_status(account_id, sync), robust=True)
     if error is not None:
-        logger.info("sync of account=%s failing (%d in a row), next attempt at %s",
-                    account_id, state.consecutive_failures, state.next_attempt_at.isoformat())
+        logger.info(
+            "sync of account=%s failing (%d in a row), next attempt at %s",
+            account_id,
+            state.consecutive_failures,
+            state.next_attempt_at.isoformat(),
+        )
     return state
 
 
@@ -552,7 +707,9 @@ def sync_now(account: BrokerAccount, broker: Broker | None = None) -> SyncResult
         if reads.written(account.id) > asked_after:
             return replace(result, skipped=False)
         if time.monotonic() >= deadline:
-            raise SyncNotServed(f"no read of account {account.id} within {settings.WATCHLIST_MANUAL_SYNC_WAIT:g}s")
+            raise SyncNotServed(
+                f"no read of account {account.id} within {settings.WATCHLIST_MANUAL_SYNC_WAIT:g}s"
+            )
         time.sleep(MANUAL_SYNC_POLL)
 
 
@@ -568,8 +725,9 @@ def claim_due_syncs(now: datetime | None = None) -> dict[int, datetime | None]:
     now = now or timezone.now()
     lease = timedelta(seconds=settings.WATCHLIST_SYNC_INTERVAL)
     never_synced = BrokerAccount.objects.filter(sync_state__isnull=True).values_list("id", flat=True)
-    SyncState.objects.bulk_create([SyncState(account_id=account_id) for account_id in never_synced],
-                                  ignore_conflicts=True)
+    SyncState.objects.bulk_create(
+        [SyncState(account_id=account_id) for account_id in never_synced], ignore_conflicts=True
+    )
     # One UPDATE claims and reports at once, so two dispatchers never queue the same account; the
     # locked sub-select hands back each row's due time from before the claim.
     table = SyncState._meta.db_table
@@ -579,8 +737,10 @@ def claim_due_syncs(now: datetime | None = None) -> dict[int, datetime | None]:
             f"UPDATE {table} SET next_attempt_at = %s FROM (SELECT id, next_attempt_at AS due_at FROM {table} "
             f"WHERE next_attempt_at IS NULL OR next_attempt_at <= %s{lock}) AS due "
             f"WHERE {table}.id = due.id RETURNING {table}.account_id, due.due_at",
-            [connection.ops.adapt_datetimefield_value(now + lease),
-             connection.ops.adapt_datetimefield_value(now)],
+            [
+                connection.ops.adapt_datetimefield_value(now + lease),
+                connection.ops.adapt_datetimefield_value(now),
+            ],
         )
         return {account_id: _datetime_from_db(value) for account_id, value in cursor.fetchall()}
 

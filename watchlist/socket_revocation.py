@@ -71,5 +71,9 @@ def connect_signals() -> None:
     post_save.connect(on_user_saved, sender=user_model, dispatch_uid="socket_revocation.user_saved")
     post_delete.connect(on_user_deleted, sender=user_model, dispatch_uid="socket_revocation.user_deleted")
     post_delete.connect(on_token_deleted, sender=AuthToken, dispatch_uid="socket_revocation.token_deleted")
-    post_save.connect(on_account_changed, sender=BrokerAccount, dispatch_uid="socket_revocation.account_saved")
-    post_delete.connect(on_account_changed, sender=BrokerAccount, dispatch_uid="socket_revocation.account_deleted")
+    post_save.connect(
+        on_account_changed, sender=BrokerAccount, dispatch_uid="socket_revocation.account_saved"
+    )
+    post_delete.connect(
+        on_account_changed, sender=BrokerAccount, dispatch_uid="socket_revocation.account_deleted"
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import suppress
 
 from celery import shared_task
 from django.conf import settings
@@ -34,10 +35,9 @@ def sync_account(account_id: int, due_at: float | None = None) -> None:
     if account is None:
         logger.info("sync of account=%s dropped: the account no longer exists", account_id)
         return
-    try:
+    # A failure is recorded, logged and broadcast by the service; the backoff schedules the next attempt.
+    with suppress(BrokerError):
         sync_and_record(account)
-    except BrokerError:
-        pass  # recorded, logged and broadcast by the service; the backoff schedules the next attempt
 
 
 @shared_task(name="watchlist.tasks.dispatch_due_syncs", ignore_result=True)
@@ -46,8 +46,9 @@ def dispatch_due_syncs() -> int:
     for account_id, due_at in due.items():
         # A task not started within the lease is dropped unrun: its account is queued again by then,
         # so a backlog never holds two live syncs of one account.
-        sync_account.apply_async((account_id,), {"due_at": due_at and due_at.timestamp()},
-                                 expires=settings.WATCHLIST_SYNC_INTERVAL)
+        sync_account.apply_async(
+            (account_id,), {"due_at": due_at and due_at.timestamp()}, expires=settings.WATCHLIST_SYNC_INTERVAL
+        )
     if due:
         logger.info("queued %d account syncs", len(due))
     health.record_heartbeat(health.BEAT)

@@ -82,13 +82,18 @@ def place_trade(
     account = user_account(user=user, account_id=account_id)
     if idempotency_key is None:
         return _trade(account, stock_code, side, qty, price, broker)
-    answer = run_once(user=user, key=idempotency_key,
-                      action=lambda: _trade(account, stock_code, side, qty, price, broker).to_json())
+    answer = run_once(
+        user=user,
+        key=idempotency_key,
+        action=lambda: _trade(account, stock_code, side, qty, price, broker).to_json(),
+    )
     if answer is None:
         return TradeResult(
             TradeOutcome.KEY_IN_FLIGHT,
-            _("A request with this Idempotency-Key is still in progress or ended without an answer; "
-              "its order state is unknown. Check the watchlist before trading again."),
+            _(
+                "A request with this Idempotency-Key is still in progress or ended without an answer; "
+                "its order state is unknown. Check the watchlist before trading again."
+            ),
             stock_code,
             qty,
         )
@@ -99,7 +104,11 @@ def _held_quantity(account: BrokerAccount, stock_code: str) -> int | None:
     """What the watchlist holds of `stock_code`, or None when it never synced (nothing to go by)."""
     if not SyncState.objects.filter(account=account, last_success_at__isnull=False).exists():
         return None
-    item = WatchlistItem.objects.filter(watchlist__account=account, stock_code=stock_code).only("quantity").first()
+    item = (
+        WatchlistItem.objects.filter(watchlist__account=account, stock_code=stock_code)
+        .only("quantity")
+        .first()
+    )
     return item.quantity if item else 0
 
 
@@ -109,8 +118,13 @@ def _trade(
     if side == "sell":
         held = _held_quantity(account, stock_code)
         if held is not None and qty > held:
-            logger.info("sell refused, exceeds holdings account=%s stock=%s qty=%s held=%s",
-                        account.id, stock_code, qty, held)
+            logger.info(
+                "sell refused, exceeds holdings account=%s stock=%s qty=%s held=%s",
+                account.id,
+                stock_code,
+                qty,
+                held,
+            )
             return TradeResult(
                 TradeOutcome.EXCEEDS_HOLDINGS,
                 _("Cannot sell %(qty)s of %(stock_code)s: the account holds %(held)s.")
@@ -122,7 +136,9 @@ def _trade(
     service = WatchlistService(account, broker=broker)
     intent = service.register_order(stock_code, side, qty)
     try:
-        order = place_order(account=account, stock_code=stock_code, side=side, qty=qty, price=price, broker=broker)
+        order = place_order(
+            account=account, stock_code=stock_code, side=side, qty=qty, price=price, broker=broker
+        )
     except DatabaseError:
         # The order's own row could not be written, so it was not sent: nothing for a read to wait for.
         with suppress(DatabaseError):
@@ -139,28 +155,54 @@ def _trade(
 
 
 def _trade_result(order: OrderResult, stock_code: str, qty: int, version: int | None) -> TradeResult:
-    return TradeResult(order.outcome, order.message, stock_code, qty, order_id=order.order_no,
-                       watchlist_version=version, broker_code=order.broker_code)
+    return TradeResult(
+        order.outcome,
+        order.message,
+        stock_code,
+        qty,
+        order_id=order.order_no,
+        watchlist_version=version,
+        broker_code=order.broker_code,
+    )
 
 
-def _apply_accepted_order(service: WatchlistService, order: OrderResult, stock_code: str, side: Side, qty: int,
-                          price: int | None, intent: PendingTrade) -> int | None:
+def _apply_accepted_order(
+    service: WatchlistService,
+    order: OrderResult,
+    stock_code: str,
+    side: Side,
+    qty: int,
+    price: int | None,
+    intent: PendingTrade,
+) -> int | None:
     """Update the watchlist for an accepted order, and with a fill notice that came first; the order
     stands whatever fails here."""
     account = service.account
     try:
-        version = service.handle_trade_event(stock_code, side, qty, order_id=order.order_no, price=price,
-                                             intent=intent)
-        if version is not None and (early := redis_client().getdel(_early_fill_key(account.id, order.order_no))):
+        version = service.handle_trade_event(
+            stock_code, side, qty, order_id=order.order_no, price=price, intent=intent
+        )
+        if version is not None and (
+            early := redis_client().getdel(_early_fill_key(account.id, order.order_no))
+        ):
             fill_qty, fill_price = map(int, early.split(b":"))
             version = service.confirm_fill(order.order_no, stock_code, side, fill_qty, fill_price) or version
     except Exception:
-        logger.exception("accepted order_no=%s account=%s stock=%s not applied to the watchlist",
-                         order.order_no, account.id, stock_code)
+        logger.exception(
+            "accepted order_no=%s account=%s stock=%s not applied to the watchlist",
+            order.order_no,
+            account.id,
+            stock_code,
+        )
         jobs.request_sync(account.id)
         return None
-    logger.info("watchlist updated account=%s stock=%s order_no=%s version=%s",
-                account.id, stock_code, order.order_no, version)
+    logger.info(
+        "watchlist updated account=%s stock=%s order_no=%s version=%s",
+        account.id,
+        stock_code,
+        order.order_no,
+        version,
+    )
     return version
 
 
@@ -173,8 +215,9 @@ def _early_fill_key(account_id: int, order_no: str) -> str:
     return f"watchlist:account:{account_id}:early-fill:{order_no}"
 
 
-def apply_fill_notice(account_id: int, *, order_no: str, side: Side, stock_code: str, qty: int,
-                      price: int) -> None:
+def apply_fill_notice(
+    account_id: int, *, order_no: str, side: Side, stock_code: str, qty: int, price: int
+) -> None:
     """A fill notice from the real-time feed confirms its order's change by itself. One that arrives
     before its trade applied the change waits for it; one of an order this app did not place (an
     HTS order) asks for a read."""
@@ -184,8 +227,13 @@ def apply_fill_notice(account_id: int, *, order_no: str, side: Side, stock_code:
     service = WatchlistService(account)
     if service.confirm_fill(order_no, stock_code, side, qty, price) is not None:
         return
-    in_flight = PendingTrade.objects.filter(watchlist__account=account, stock_code=stock_code, side=side,
-                                            status=PendingTrade.Status.SENDING, resolved_at__isnull=True)
+    in_flight = PendingTrade.objects.filter(
+        watchlist__account=account,
+        stock_code=stock_code,
+        side=side,
+        status=PendingTrade.Status.SENDING,
+        resolved_at__isnull=True,
+    )
     if in_flight.exists():
         key = _early_fill_key(account.id, order_no)
         redis_client().set(key, f"{qty}:{price}", ex=EARLY_FILL_TTL)  # the trade picks it up once applied
@@ -194,6 +242,7 @@ def apply_fill_notice(account_id: int, *, order_no: str, side: Side, stock_code:
         if applied and redis_client().getdel(key):
             service.confirm_fill(order_no, stock_code, side, qty, price)
         return
-    logger.info("fill notice account=%s order=%s of no order of this app: reading the account",
-                account.id, order_no)
+    logger.info(
+        "fill notice account=%s order=%s of no order of this app: reading the account", account.id, order_no
+    )
     jobs.request_waited_sync(account.id)

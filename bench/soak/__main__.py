@@ -56,8 +56,9 @@ SOCKETS_PER_ACCOUNT = 2
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=300, help="seconds of use and faults (5 min)")
     parser.add_argument("--daphnes", type=int, default=2, help="Daphne processes; sockets spread over them")
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
@@ -87,15 +88,20 @@ async def soak(args: argparse.Namespace, system: System, accounts: list[Account]
             daphne = system.daphnes[(account.id + n) % len(system.daphnes)]
             clients.append(SocketClient(f"{account.user}/{account.id}#{n}", daphne.ws_url(), account, record))
     for account in accounts[::ACCOUNTS_PER_USER]:
-        clients.append(SocketClient(f"{account.user}/{account.id}#html", system.daphnes[0].ws_url(), account,
-                                    record, html=True))
+        clients.append(
+            SocketClient(
+                f"{account.user}/{account.id}#html", system.daphnes[0].ws_url(), account, record, html=True
+            )
+        )
     stop_sockets = asyncio.Event()
     sockets = [asyncio.create_task(client.run(stop_sockets)) for client in clients]
 
     begin = time.time()
     until = begin + args.duration
-    log(f"{len(accounts)} accounts, {len(clients)} sockets on {len(system.daphnes)} Daphne processes, "
-        f"{len(system.workers)} workers: use and faults for {args.duration:g} s")
+    log(
+        f"{len(accounts)} accounts, {len(clients)} sockets on {len(system.daphnes)} Daphne processes, "
+        f"{len(system.workers)} workers: use and faults for {args.duration:g} s"
+    )
     activity = [
         trade_randomly(api, system.simulator, accounts, record, until),
         trade_randomly(api, system.simulator, accounts, record, until),
@@ -116,8 +122,9 @@ async def soak(args: argparse.Namespace, system: System, accounts: list[Account]
     await api.close()
     for client in clients:
         log(f"socket {client.name}: {dict(client.counts)}")
-    return await asyncio.to_thread(run_checks, record, clients, accounts, snapshots, system.simulator, memory,
-                                   syncs)
+    return await asyncio.to_thread(
+        run_checks, record, clients, accounts, snapshots, system.simulator, memory, syncs
+    )
 
 
 def main() -> None:

@@ -17,8 +17,9 @@ from devtools.simulator import SimulatorHandle
 FAULT_MODES = ["http_500", "rate_limit", "token_expired", "timeout"]
 
 
-async def change_behind_the_apps_back(simulator: SimulatorHandle, accounts: list[Account],
-                                      until: float) -> None:
+async def change_behind_the_apps_back(
+    simulator: SimulatorHandle, accounts: list[Account], until: float
+) -> None:
     while time.time() < until:
         await asyncio.sleep(random.uniform(3, 8))
         account = random.choice(accounts)
@@ -27,12 +28,15 @@ async def change_behind_the_apps_back(simulator: SimulatorHandle, accounts: list
 
 def change_holdings(simulator: SimulatorHandle, cano: str) -> None:
     """A holding added, changed or removed, as a trade made elsewhere (another app, the HTS) would."""
-    holdings = [{name: h[name] for name in ("stock_code", "quantity", "avg_price")}
-                for h in simulator.account(cano)["holdings"]]
+    holdings = [
+        {name: h[name] for name in ("stock_code", "quantity", "avg_price")}
+        for h in simulator.account(cano)["holdings"]
+    ]
     action = random.choice(["add", "change", "remove"])
     if action == "add" or not holdings:
-        holdings.append({"stock_code": random.choice(CODES), "quantity": random.randint(1, 30),
-                         "avg_price": 15_000})
+        holdings.append(
+            {"stock_code": random.choice(CODES), "quantity": random.randint(1, 30), "avg_price": 15_000}
+        )
         holdings = list({h["stock_code"]: h for h in holdings}.values())
     elif action == "change":
         random.choice(holdings)["quantity"] = random.randint(1, 60)

@@ -19,16 +19,20 @@ from devtools.simulator import SimulatorHandle
 class Api:
     def __init__(self, daphnes: list[AsgiServer], record: Record) -> None:
         # English answers: checks.py reads the message of an order whose state is unknown.
-        self.clients = [httpx.AsyncClient(base_url=daphne.url, timeout=60, headers={"Accept-Language": "en"})
-                        for daphne in daphnes]
+        self.clients = [
+            httpx.AsyncClient(base_url=daphne.url, timeout=60, headers={"Accept-Language": "en"})
+            for daphne in daphnes
+        ]
         self.record = record
 
-    async def call(self, token: str, method: str, path: str, body: dict | None = None,
-                   headers: dict | None = None) -> Answer:
+    async def call(
+        self, token: str, method: str, path: str, body: dict | None = None, headers: dict | None = None
+    ) -> Answer:
         client = random.choice(self.clients)
         try:
-            response = await client.request(method, path, json=body,
-                                             headers={"Authorization": f"Token {token}", **(headers or {})})
+            response = await client.request(
+                method, path, json=body, headers={"Authorization": f"Token {token}", **(headers or {})}
+            )
         except httpx.TransportError as error:  # a server process gone is a 5xx to the user, too
             answer = Answer(method, path, 599, {"transport_error": type(error).__name__}, time.time())
         else:
@@ -45,8 +49,9 @@ class Api:
             await client.aclose()
 
 
-async def trade_randomly(api: Api, simulator: SimulatorHandle, accounts: list[Account], record: Record,
-                         until: float) -> None:
+async def trade_randomly(
+    api: Api, simulator: SimulatorHandle, accounts: list[Account], record: Record, until: float
+) -> None:
     """Market buys, partial and full sells, each with its own Idempotency-Key; a tenth sent twice."""
     while time.time() < until:
         account = random.choice(accounts)
@@ -74,8 +79,9 @@ async def place(api: Api, record: Record, trade: Trade, account: Account) -> Non
     sends = 2 if random.random() < 0.1 else 1  # a client retrying after a lost answer
     for _ in range(sends):
         body = {"qty": trade.qty, "account": trade.account_id}
-        answer = await api.call(account.token, "POST", f"/execute-{trade.side}/{trade.code}", body,
-                                {"Idempotency-Key": trade.key})
+        answer = await api.call(
+            account.token, "POST", f"/execute-{trade.side}/{trade.code}", body, {"Idempotency-Key": trade.key}
+        )
         trade.answers.append(answer)
 
 

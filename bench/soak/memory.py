@@ -40,8 +40,11 @@ class MemoryWatch:
             self.last[name] = (pid, rss)
 
     def growth(self) -> dict[str, float]:
-        return {name: self.last[name][1] - rss for name, (pid, rss) in self.first.items()
-                if name in self.last and self.last[name][0] == pid}
+        return {
+            name: self.last[name][1] - rss
+            for name, (pid, rss) in self.first.items()
+            if name in self.last and self.last[name][0] == pid
+        }
 
 
 async def watch_memory(system: System, memory: MemoryWatch, until: float) -> None:

@@ -44,8 +44,9 @@ class SocketClient:
         attempt = 0
         while not stop.is_set():
             try:
-                async with connect(self.url, additional_headers=headers, open_timeout=15,
-                                   max_size=2**22) as socket:
+                async with connect(
+                    self.url, additional_headers=headers, open_timeout=15, max_size=2**22
+                ) as socket:
                     attempt = 0
                     self.counts["connections"] += 1
                     await self._serve(socket, stop)
@@ -130,5 +131,6 @@ class SocketClient:
         await socket.send(json.dumps({"type": "resync"}))
 
     def view(self) -> dict[str, tuple]:
-        return {code: (item["quantity"], item["avg_price"], item["pending"])
-                for code, item in self.items.items()}
+        return {
+            code: (item["quantity"], item["avg_price"], item["pending"]) for code, item in self.items.items()
+        }

@@ -136,13 +136,20 @@ def create_users_and_accounts(system: System) -> list[Account]:
         for a in range(ACCOUNTS_PER_USER):
             cano = f"{61_000_000 + u * 100 + a}"
             system.simulator.configure_account(cano, cash=100_000_000_000)
-            system.simulator.set_holdings(cano, [
-                {"stock_code": code, "quantity": random.randint(5, 50), "avg_price": 20_000}
-                for code in random.sample(CODES, 3)
-            ])
+            system.simulator.set_holdings(
+                cano,
+                [
+                    {"stock_code": code, "quantity": random.randint(5, 50), "avg_price": 20_000}
+                    for code in random.sample(CODES, 3)
+                ],
+            )
             account = BrokerAccount.objects.create(
-                owner=user, display_name=f"soak {u}-{a}", account_number=cano, base_url=system.simulator.url,
-                app_key=f"PSsoakKey{u}{a}{uuid.uuid4().hex}", app_secret=f"soakSecret{uuid.uuid4().hex}",
+                owner=user,
+                display_name=f"soak {u}-{a}",
+                account_number=cano,
+                base_url=system.simulator.url,
+                app_key=f"PSsoakKey{u}{a}{uuid.uuid4().hex}",
+                app_secret=f"soakSecret{uuid.uuid4().hex}",
             )
             accounts.append(Account(account.id, cano, user.username, token))
     return accounts

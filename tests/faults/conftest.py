@@ -52,8 +52,10 @@ class System:
 
     def logs(self) -> str:
         """Every log of the run, for assertion messages."""
-        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-6000:]}"
-                         for path in sorted(self.tmp_path.glob("*.log")))
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-6000:]}"
+            for path in sorted(self.tmp_path.glob("*.log"))
+        )
 
 
 @pytest.fixture
@@ -116,7 +118,8 @@ def in_step(account: BrokerAccount, simulator) -> bool:
     """The watchlist shows exactly the simulator's holdings, nothing pending, and the last sync succeeded."""
     state = SyncState.objects.filter(account=account).first()
     return (
-        state is not None and state.status == "ok"
+        state is not None
+        and state.status == "ok"
         and not WatchlistItem.objects.filter(watchlist__account=account, pending=True).exists()
         and watchlist_quantities(account) == simulator_quantities(simulator, account.account_number)
     )
@@ -124,8 +127,12 @@ def in_step(account: BrokerAccount, simulator) -> bool:
 
 def wait_in_step(accounts: list[BrokerAccount], simulator, system: System, timeout: float = WAIT) -> None:
     try:
-        wait_for(lambda: all(in_step(account, simulator) for account in accounts), timeout,
-                 "every watchlist to equal the simulator's holdings", interval=0.25)
+        wait_for(
+            lambda: all(in_step(account, simulator) for account in accounts),
+            timeout,
+            "every watchlist to equal the simulator's holdings",
+            interval=0.25,
+        )
     except AssertionError as error:
         raise AssertionError(f"{error}\n{system.logs()}") from None
 

@@ -23,8 +23,12 @@ pytestmark = pytest.mark.django_db
 
 # Every retry and token renewal of one sync, and of the API's sync after it, meets the fault.
 FAULT_COUNT = 50
-FAULT_REASONS = {"http_500": "unreachable", "timeout": "timeout", "rate_limit": "rate_limited",
-                 "token_expired": "token_expired"}
+FAULT_REASONS = {
+    "http_500": "unreachable",
+    "timeout": "timeout",
+    "rate_limit": "rate_limited",
+    "token_expired": "token_expired",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -41,12 +45,16 @@ def watchlist_state(account) -> tuple[int, list[tuple]]:
 
 def sync_failures(caplog, account) -> list[str]:
     prefix = f"sync failed account={account.id} "
-    return [record.getMessage() for record in caplog.records
-            if record.levelno >= logging.WARNING and record.getMessage().startswith(prefix)]
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.WARNING and record.getMessage().startswith(prefix)
+    ]
 
 
-def test_every_fault_mode_in_turn_keeps_the_last_watchlist_and_reports_failing(sim_account, simulator,
-                                                                               caplog):
+def test_every_fault_mode_in_turn_keeps_the_last_watchlist_and_reports_failing(
+    sim_account, simulator, caplog
+):
     sync_account(sim_account.id)
     last_good = watchlist_state(sim_account)
     assert last_good[1], "the seeded account holds stocks"
@@ -73,6 +81,7 @@ def test_every_fault_mode_in_turn_keeps_the_last_watchlist_and_reports_failing(s
 
 
 # --- odd balance answers ----------------------------------------------------------------------------
+
 
 class RecordedKis(ThreadingHTTPServer):
     """A KIS stand-in on a free loopback port: any token, and `balance` (a recorded answer) as the one
@@ -109,9 +118,13 @@ class RecordedKisHandler(BaseHTTPRequestHandler):
 def recorded_balance(account) -> dict:
     """The simulator's balance answer to the real adapter's request, as the adapter received it."""
     answers = []
-    http = httpx.Client(event_hooks={"response": [
-        lambda response: answers.append(response) if response.url.path == BALANCE_PATH else None
-    ]})
+    http = httpx.Client(
+        event_hooks={
+            "response": [
+                lambda response: answers.append(response) if response.url.path == BALANCE_PATH else None
+            ]
+        }
+    )
     KoreaInvestService(account, http=http).get_acct_balance()
     answers[0].read()
     return answers[0].json()
@@ -159,13 +172,17 @@ def test_an_unknown_extra_field_is_ignored(account, recorded_kis):
     assert watchlist_state(account) == good
 
 
-@pytest.mark.parametrize("spoil, cause", [
-    (without_quantity, "hldg_qty"),
-    (with_non_numeric_evaluation, "evlu_amt"),
-    (with_non_numeric_average_price, "pchs_avg_pric"),
-])
-def test_a_malformed_balance_keeps_the_last_watchlist_and_reports_failing(account, recorded_kis, caplog,
-                                                                          spoil, cause):
+@pytest.mark.parametrize(
+    "spoil, cause",
+    [
+        (without_quantity, "hldg_qty"),
+        (with_non_numeric_evaluation, "evlu_amt"),
+        (with_non_numeric_average_price, "pchs_avg_pric"),
+    ],
+)
+def test_a_malformed_balance_keeps_the_last_watchlist_and_reports_failing(
+    account, recorded_kis, caplog, spoil, cause
+):
     sync_account(account.id)
     last_good = watchlist_state(account)
     good_balance = copy.deepcopy(recorded_kis.balance)

@@ -36,8 +36,12 @@ def token_key(user):
 
 
 async def opened(server, key: str, path: str = "/ws/watchlist/", **options) -> ClientConnection:
-    socket = await connect(server.ws_url(path), open_timeout=TIMEOUT,
-                           additional_headers={"Authorization": f"Token {key}"}, **options)
+    socket = await connect(
+        server.ws_url(path),
+        open_timeout=TIMEOUT,
+        additional_headers={"Authorization": f"Token {key}"},
+        **options,
+    )
     assert json.loads(await socket.recv())["type"] == "watchlist_snapshot"
     return socket
 
@@ -57,7 +61,9 @@ async def test_daphne_refuses_a_frame_over_64_kb_itself(daphne_server, user, acc
 
     await socket.send(json.dumps({"type": "ping", "pad": "x" * MAX_FRAME_BYTES}))
 
-    assert await messages_until_closed(socket) == [], "refused by the server, never answered by the application"
+    assert await messages_until_closed(socket) == [], (
+        "refused by the server, never answered by the application"
+    )
     assert socket.close_code in SERVER_REFUSED_FRAME
     assert (await opened(daphne_server, token_key)) is not None
 
@@ -96,8 +102,17 @@ async def test_nested_frames_are_answered_error_and_leave_no_exception_in_the_lo
 def watch_many_codes(account, count: int) -> None:
     watchlist, _ = Watchlist.objects.get_or_create(account=account)
     WatchlistItem.objects.bulk_create(
-        WatchlistItem(watchlist=watchlist, stock_code=f"{100000 + n:06d}", name=f"종목 {n}", quantity=10,
-                      avg_price=71250.5, current_price=72100, eval_amount=721000, pnl=8495, pnl_rate=1.19)
+        WatchlistItem(
+            watchlist=watchlist,
+            stock_code=f"{100000 + n:06d}",
+            name=f"종목 {n}",
+            quantity=10,
+            avg_price=71250.5,
+            current_price=72100,
+            eval_amount=721000,
+            pnl=8495,
+            pnl_rate=1.19,
+        )
         for n in range(count)
     )
 

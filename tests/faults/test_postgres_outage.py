@@ -51,8 +51,14 @@ def signed_in(server) -> httpx.Client:
     """A browser-like client signed in through the login form (session cookie, CSRF)."""
     browser = httpx.Client(base_url=server.url, timeout=60)
     browser.get("/accounts/login/")
-    signed = browser.post("/accounts/login/", data={"username": "trader", "password": "trader-pass-123",
-                                                    "csrfmiddlewaretoken": browser.cookies["csrftoken"]})
+    signed = browser.post(
+        "/accounts/login/",
+        data={
+            "username": "trader",
+            "password": "trader-pass-123",
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+        },
+    )
     assert signed.status_code == 302, signed.text
     return browser
 
@@ -78,14 +84,19 @@ def test_the_api_answers_503_in_json_while_the_database_is_away_and_recovers(
     answers = []
     outage_ends = time.monotonic() + OUTAGE
     while time.monotonic() < outage_ends:
-        answers += [api.get("/api/watchlist/"), api.post("/execute-buy/005930", json={"qty": 1}),
-                    api.post("/api/watchlist/sync/"), browser.get("/api/watchlist/")]
+        answers += [
+            api.get("/api/watchlist/"),
+            api.post("/execute-buy/005930", json={"qty": 1}),
+            api.post("/api/watchlist/sync/"),
+            browser.get("/api/watchlist/"),
+        ]
         time.sleep(0.5)
     database_proxy.restore()
     restored_at = timezone.now()
 
     assert answers and all(answer.status_code == 503 and is_json_error(answer) for answer in answers), [
-        (answer.request.url.path, answer.status_code, answer.text[:200]) for answer in answers
+        (answer.request.url.path, answer.status_code, answer.text[:200])
+        for answer in answers
         if answer.status_code != 503 or not is_json_error(answer)
     ]
     assert all(answer.headers.get("retry-after") for answer in answers)
@@ -95,7 +106,10 @@ def test_the_api_answers_503_in_json_while_the_database_is_away_and_recovers(
     wait_for(lambda: api.get("/api/watchlist/").status_code == 200, WAIT, "the API to answer 200 again")
     bought = api.post("/execute-buy/005930", json={"qty": 1})
     assert bought.status_code == 200, bought.text
-    wait_for(lambda: SyncState.objects.filter(account=account, last_success_at__gt=restored_at).exists(),
-             WAIT, "a sync after the database came back")
+    wait_for(
+        lambda: SyncState.objects.filter(account=account, last_success_at__gt=restored_at).exists(),
+        WAIT,
+        "a sync after the database came back",
+    )
     wait_in_step([account], simulator, system)
     assert [order["order_no"] for order in simulator.orders(CANO)] == [bought.json()["order_id"]]

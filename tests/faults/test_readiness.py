@@ -36,7 +36,9 @@ def wait_ready(server, system, expected: int, failing: set[str] = frozenset()):
         return status == expected and bad == set(failing) and report
 
     try:
-        return wait_for(reached, WAIT, f"/readyz {expected} with failing checks {sorted(failing)}", interval=0.5)
+        return wait_for(
+            reached, WAIT, f"/readyz {expected} with failing checks {sorted(failing)}", interval=0.5
+        )
     except AssertionError as error:
         raise AssertionError(f"{error}; last: {readiness(server)}\n{system.logs()}") from None
 
@@ -46,25 +48,37 @@ def families(url: str) -> dict:
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
-def test_readyz_follows_redis_the_beat_and_the_price_feed(system, system_env, private_redis, app_processes,
-                                                          sim_account, tmp_path):
+def test_readyz_follows_redis_the_beat_and_the_price_feed(
+    system, system_env, private_redis, app_processes, sim_account, tmp_path
+):
     env = system_env | {"READY_BEAT_MAX_AGE": MAX_AGE, "READY_PRICE_FEED_MAX_AGE": MAX_AGE}
     worker_port, feed_port = free_port(), free_port()
     system.env = env | {"METRICS_PORT": str(worker_port)}
     system.worker()
     system.env = env
     beat = system.beat()
-    feed = app_processes(AppProcess("price feed", [sys.executable, "manage.py", "run_price_feed"],
-                                    env | {"METRICS_PORT": str(feed_port)}, tmp_path / "feed.log",
-                                    ready_line="metrics of the price feed"))
+    feed = app_processes(
+        AppProcess(
+            "price feed",
+            [sys.executable, "manage.py", "run_price_feed"],
+            env | {"METRICS_PORT": str(feed_port)},
+            tmp_path / "feed.log",
+            ready_line="metrics of the price feed",
+        )
+    )
     server = system.daphne(**{key: env[key] for key in ("READY_BEAT_MAX_AGE", "READY_PRICE_FEED_MAX_AGE")})
 
     report = wait_ready(server, system, 200)
     assert report["status"] == "ok" and report["checks"]["workers"]["answering"] >= 1
 
     worker_metrics = wait_for(  # once the dispatcher's first sync ran there
-        lambda: (found := families(f"http://127.0.0.1:{worker_port}/metrics"))["watchlist_syncs"].samples and found,
-        WAIT, "a sync counted by the worker")
+        lambda: (
+            (found := families(f"http://127.0.0.1:{worker_port}/metrics"))["watchlist_syncs"].samples
+            and found
+        ),
+        WAIT,
+        "a sync counted by the worker",
+    )
     assert worker_metrics["watchlist_sync_lateness_seconds"].samples
     assert families(f"{server.url}/metrics")["watchlist_accounts"].samples
     assert "price_feed_subscriptions" in families(f"http://127.0.0.1:{feed_port}/metrics")

@@ -28,8 +28,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 HOLDINGS = {
     "51000001": [{"stock_code": "005930", "quantity": 10, "avg_price": 71000}],
-    "51000002": [{"stock_code": "000660", "quantity": 4, "avg_price": 180000},
-                 {"stock_code": "035720", "quantity": 7, "avg_price": 42000}],
+    "51000002": [
+        {"stock_code": "000660", "quantity": 4, "avg_price": 180000},
+        {"stock_code": "035720", "quantity": 7, "avg_price": 42000},
+    ],
     "51000003": [],
 }
 
@@ -42,8 +44,12 @@ def accounts(user, make_account, simulator):
 
 
 def buy(server, token: str, account, code: str, qty: int) -> httpx.Response:
-    return httpx.post(f"{server.url}/execute-buy/{code}", json={"qty": qty, "account": account.id},
-                      headers={"Authorization": f"Token {token}"}, timeout=60)
+    return httpx.post(
+        f"{server.url}/execute-buy/{code}",
+        json={"qty": qty, "account": account.id},
+        headers={"Authorization": f"Token {token}"},
+        timeout=60,
+    )
 
 
 def every_account_due(accounts) -> bool:
@@ -54,8 +60,14 @@ def every_account_due(accounts) -> bool:
 def dispatch_once(system) -> int:
     """One tick of the real dispatcher in a process of its own (as if the beat's task ran on a worker)."""
     command = "from watchlist.tasks import dispatch_due_syncs; print('queued', dispatch_due_syncs())"
-    done = subprocess.run([sys.executable, "manage.py", "shell", "-c", command], env=system.env,
-                          capture_output=True, text=True, timeout=WAIT, check=True)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", command],
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=True,
+    )
     return int(done.stdout.split("queued", 1)[1])
 
 
@@ -87,8 +99,14 @@ def test_syncs_resume_and_no_trade_is_lost_or_doubled_after_a_redis_restart(
         assert state.next_attempt_at <= restarted_at + timedelta(seconds=SYNC_INTERVAL), (
             f"account {state.account_id} not due until {state.next_attempt_at}, Redis back at {restarted_at}"
         )
-    wait_for(lambda: SyncState.objects.filter(account__in=accounts, last_success_at__gt=restarted_at).count()
-             == len(accounts), WAIT, "every account to sync after the restart")
+    wait_for(
+        lambda: (
+            SyncState.objects.filter(account__in=accounts, last_success_at__gt=restarted_at).count()
+            == len(accounts)
+        ),
+        WAIT,
+        "every account to sync after the restart",
+    )
 
     # A fresh token cache, new locks:
     answers += [buy(server, token, account, "035420", 1) for account in accounts]

@@ -32,9 +32,22 @@ def soak_database(db):
 def test_a_short_soak_passes_every_check(soak_database):
     name, admin_url = soak_database
     done = subprocess.run(
-        [sys.executable, "-m", "bench.soak", "--duration", str(PROFILE_SECONDS), "--database", name,
-         "--database-admin-url", admin_url],
-        cwd=settings.BASE_DIR, check=False, capture_output=True, text=True, timeout=540,
+        [
+            sys.executable,
+            "-m",
+            "bench.soak",
+            "--duration",
+            str(PROFILE_SECONDS),
+            "--database",
+            name,
+            "--database-admin-url",
+            admin_url,
+        ],
+        cwd=settings.BASE_DIR,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=540,
     )
     output = done.stdout + done.stderr
     last_line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""

@@ -42,8 +42,11 @@ def test_a_killed_workers_lock_expires_and_the_account_syncs_again_without_overl
 
     reads_before = simulator.calls("inquire-balance")
     simulator.inject_fault("timeout", count=1, delay=300)
-    wait_for(lambda: simulator.calls("inquire-balance") > reads_before and redis.exists(sync_lock), WAIT,
-             "the victim to block in a balance read, holding the sync lock")
+    wait_for(
+        lambda: simulator.calls("inquire-balance") > reads_before and redis.exists(sync_lock),
+        WAIT,
+        "the victim to block in a balance read, holding the sync lock",
+    )
     blocked_reads = simulator.calls("inquire-balance")
     victims_lock = redis.get(sync_lock)  # redis-py's lock value: a token unique to its holder
     system.worker("survivor")
@@ -61,7 +64,10 @@ def test_a_killed_workers_lock_expires_and_the_account_syncs_again_without_overl
 
     # Once expired, the account is due within one interval and syncs again.
     assert state_at_expiry.next_attempt_at <= timezone.now() + timedelta(seconds=SYNC_INTERVAL)
-    wait_for(lambda: SyncState.objects.filter(account=account, last_success_at__gt=killed_at).exists(), WAIT,
-             "the account to sync again after the kill")
+    wait_for(
+        lambda: SyncState.objects.filter(account=account, last_success_at__gt=killed_at).exists(),
+        WAIT,
+        "the account to sync again after the kill",
+    )
     simulator.set_holdings(CANO, [{"stock_code": "000660", "quantity": 3, "avg_price": 180000}])
     wait_in_step([account], simulator, system)

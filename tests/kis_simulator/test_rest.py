@@ -164,7 +164,9 @@ def test_an_order_needs_its_exchange_and_a_known_sell_type(simulator, wire, fiel
     """order_cash.py: EXCG_ID_DVSN_CD is required (KRX); SLL_TYPE is 01, 02, 05 or empty."""
     answer = wire.order("50123456", "005930", 1, **{field: value})
     assert (answer["rt_cd"], answer["msg_cd"], answer["msg1"]) == (
-        "2", "OPSQ2001", f"ERROR : INPUT INVALID_CHECK_{field}"
+        "2",
+        "OPSQ2001",
+        f"ERROR : INPUT INVALID_CHECK_{field}",
     )
     assert simulator.orders("50123456") == []
 

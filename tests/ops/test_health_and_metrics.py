@@ -54,7 +54,8 @@ def test_healthz_answers_anyone_without_dependencies(monkeypatch):
 
 @pytest.mark.django_db(transaction=True)
 def test_readyz_is_200_with_every_part_up_503_without_the_database_and_200_again(
-        celery_worker_process, monkeypatch):
+    celery_worker_process, monkeypatch
+):
     health.record_heartbeat(health.BEAT)
     health.record_heartbeat(health.PRICE_FEED)
     anyone = Client()
@@ -87,7 +88,11 @@ def test_readyz_reports_silent_processes_and_is_cached(settings, redis_client):
     checks = first.json()["checks"]
     assert first.status_code == 503
     assert checks["beat"]["ok"] is False and checks["beat"]["age_s"] > 5 and checks["beat"]["max_age_s"] == 5
-    assert checks["price_feed"] == {"ok": False, "error": "no heartbeat recorded", "ms": checks["price_feed"]["ms"]}
+    assert checks["price_feed"] == {
+        "ok": False,
+        "error": "no heartbeat recorded",
+        "ms": checks["price_feed"]["ms"],
+    }
     assert checks["workers"] == {"ok": False, "answering": 0, "ms": checks["workers"]["ms"]}
 
     health.record_heartbeat(health.BEAT)
@@ -96,9 +101,18 @@ def test_readyz_reports_silent_processes_and_is_cached(settings, redis_client):
 
 def test_metrics_answer_loopback_scrapers_only():
     families = exposition(Client(), REMOTE_ADDR="::1")
-    assert {"watchlist_syncs", "kis_calls", "orders", "watchlist_open_sockets", "watchlist_accounts_failing",
-            "watchlist_sync_lateness_seconds", "kis_rate_limit_wait_seconds", "price_feed_ticks",
-            "watchlist_fanout_delivery_seconds", "watchlist_channel_layer_dropped"} <= set(families)
+    assert {
+        "watchlist_syncs",
+        "kis_calls",
+        "orders",
+        "watchlist_open_sockets",
+        "watchlist_accounts_failing",
+        "watchlist_sync_lateness_seconds",
+        "kis_rate_limit_wait_seconds",
+        "price_feed_ticks",
+        "watchlist_fanout_delivery_seconds",
+        "watchlist_channel_layer_dropped",
+    } <= set(families)
     assert Client().get("/metrics", REMOTE_ADDR="10.0.0.7").status_code == 404
     # Through the reverse proxy, which connects from loopback too but says for whom:
     assert Client().get("/metrics", HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 404
@@ -141,8 +155,9 @@ async def test_an_open_socket_moves_the_socket_gauge(user, account):
     from tests.watchlist.test_consumer import connected, token_headers
 
     before = sample("watchlist_open_sockets")
-    communicator = WebsocketCommunicator(application, "/ws/watchlist/",
-                                         headers=await database_sync_to_async(token_headers)(user))
+    communicator = WebsocketCommunicator(
+        application, "/ws/watchlist/", headers=await database_sync_to_async(token_headers)(user)
+    )
     await connected(communicator)
     assert sample("watchlist_open_sockets") == before + 1
     await communicator.disconnect()
@@ -151,7 +166,9 @@ async def test_an_open_socket_moves_the_socket_gauge(user, account):
 
 def test_no_account_data_or_secret_in_readyz_or_metrics(account):
     with pytest.raises(BrokerUnavailable):
-        sync_and_record(account, MemoryBroker(fail_with=BrokerUnavailable("KIS at kis.internal:9443 is down")))
+        sync_and_record(
+            account, MemoryBroker(fail_with=BrokerUnavailable("KIS at kis.internal:9443 is down"))
+        )
     texts = [Client().get("/readyz").content.decode(), Client().get("/metrics").content.decode()]
     for text in texts:
         for secret in (APP_KEY, APP_SECRET, account.account_number, "kis.internal"):

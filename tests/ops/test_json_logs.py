@@ -61,7 +61,9 @@ def test_each_line_is_an_object_with_its_context_fields(json_log, api, account, 
     assert failed["account"] == str(account.id) and failed["reason"] == "unreachable"
     assert failed["level"] == "WARNING" and failed["logger"] == "watchlist.services" and failed["time"]
     accepted = next(e for e in logged if e["message"].startswith("order accepted"))
-    assert accepted["stock_code"] == "005930" and accepted["order_no"] and accepted["account"] == str(account.id)
+    assert (
+        accepted["stock_code"] == "005930" and accepted["order_no"] and accepted["account"] == str(account.id)
+    )
     assert accepted["request_id"] == "req-12345678"
     updated = next(e for e in logged if e["message"].startswith("watchlist updated"))
     assert updated["version"] == str(response.json()["watchlist_version"])
@@ -85,6 +87,9 @@ def test_only_the_context_fields_leave_a_record_and_exceptions_are_one_line(json
     assert len(lines) == 2
     first, second = (json.loads(line) for line in lines)
     assert {key: first[key] for key in ("account", "version", "stock_code")} == {
-        "account": "7", "version": "3", "stock_code": "005930"}
+        "account": "7",
+        "version": "3",
+        "stock_code": "005930",
+    }
     assert APP_SECRET not in json_log.getvalue() and APP_KEY not in json_log.getvalue()
     assert second["order_no"] == "0000123" and "RuntimeError: broken" in second["exception"]

@@ -24,11 +24,21 @@ def clean_redis(redis_client):
 
 
 def test_the_totals_of_a_balance_answer():
-    summary = {"tot_evlu_amt": "10,500,000", "pchs_amt_smtl_amt": "2000000", "evlu_amt_smtl_amt": "2500000",
-               "evlu_pfls_smtl_amt": "500000", "dnca_tot_amt": "8000000", "nass_amt": "10500000"}
+    summary = {
+        "tot_evlu_amt": "10,500,000",
+        "pchs_amt_smtl_amt": "2000000",
+        "evlu_amt_smtl_amt": "2500000",
+        "evlu_pfls_smtl_amt": "500000",
+        "dnca_tot_amt": "8000000",
+        "nass_amt": "10500000",
+    }
     assert totals_of({"output2": [summary]}) == {
-        "total_eval": 10_500_000, "purchase": 2_000_000, "eval_amount": 2_500_000, "pnl": 500_000,
-        "deposit": 8_000_000}
+        "total_eval": 10_500_000,
+        "purchase": 2_000_000,
+        "eval_amount": 2_500_000,
+        "pnl": 500_000,
+        "deposit": 8_000_000,
+    }
     assert totals_of({"output2": [{**summary, "dnca_tot_amt": "n/a"}]}) is None
     assert totals_of({"output2": []}) is None and totals_of({}) is None
 
@@ -51,11 +61,13 @@ def test_a_sync_keeps_the_brokers_totals_and_the_snapshot_shows_them(sim_account
 
 
 def test_a_broker_without_totals_leaves_the_last_ones_and_the_change_carries_them(
-        account, monkeypatch, django_capture_on_commit_callbacks):
+    account, monkeypatch, django_capture_on_commit_callbacks
+):
     from watchlist import events
 
-    Watchlist.objects.create(account=account, totals={"total_eval": 5, "purchase": 0, "eval_amount": 0,
-                                                      "pnl": 0, "deposit": 5})
+    Watchlist.objects.create(
+        account=account, totals={"total_eval": 5, "purchase": 0, "eval_amount": 0, "pnl": 0, "deposit": 5}
+    )
     broker = MemoryBroker()  # its balance has no totals
     broker.set_holdings({"005930": 3})
     sent = []
@@ -65,7 +77,8 @@ def test_a_broker_without_totals_leaves_the_last_ones_and_the_change_carries_the
 
     assert watchlist_snapshot(account)["totals"]["total_eval"] == 5
     assert [message["totals"] for message in sent] == [
-        {"total_eval": 5, "purchase": 0, "eval_amount": 0, "pnl": 0, "deposit": 5, "pnl_rate": 0.0}]
+        {"total_eval": 5, "purchase": 0, "eval_amount": 0, "pnl": 0, "deposit": 5, "pnl_rate": 0.0}
+    ]
 
 
 def test_the_admin_shows_the_sync_health_overview(account, make_account, user):

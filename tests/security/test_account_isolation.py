@@ -58,7 +58,7 @@ def attempts(account_id: int, *, page: bool) -> list[tuple[str, str, dict | None
         ("post", "/execute-buy/005930", trade),
         ("post", "/execute-sell/005930", trade),
     ]
-    return api + [("get", f"/?account={account_id}", None)] if page else api
+    return [*api, ("get", f"/?account={account_id}", None)] if page else api
 
 
 def without_id(body: dict, account_id: int) -> dict:
@@ -70,13 +70,17 @@ def answer(client: APIClient, method: str, path: str, body: dict | None):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("login, page", [(token_client, False), (session_client, True)],
-                         ids=["token", "session"])
-def test_no_http_door_opens_on_another_users_account(login, page, victims_account, intruders_account,
-                                                     other_user, memory_broker, sync_requests):
+@pytest.mark.parametrize(
+    "login, page", [(token_client, False), (session_client, True)], ids=["token", "session"]
+)
+def test_no_http_door_opens_on_another_users_account(
+    login, page, victims_account, intruders_account, other_user, memory_broker, sync_requests
+):
     intruder = login(other_user)
     for account_id in guessed_ids(victims_account):
-        for guess, never in zip(attempts(account_id, page=page), attempts(NEVER_AN_ID, page=page)):
+        for guess, never in zip(
+            attempts(account_id, page=page), attempts(NEVER_AN_ID, page=page), strict=True
+        ):
             response, nonexistent = answer(intruder, *guess), answer(intruder, *never)
             assert response.status_code == 404, (guess, response.status_code, response.content[:300])
             content = response.content.decode()
@@ -93,8 +97,9 @@ def test_no_http_door_opens_on_another_users_account(login, page, victims_accoun
 
 # --- WebSocket, on a real Daphne --------------------------------------------------------------------
 
+
 async def socket_outcome(url: str, headers: list[tuple[str, str]]) -> str | int:
-    """"snapshot" if the socket got a watchlist, else its close code ("rejected": no handshake)."""
+    """ "snapshot" if the socket got a watchlist, else its close code ("rejected": no handshake)."""
     try:
         async with connect(url, additional_headers=headers, open_timeout=30) as socket:
             message = json.loads(await asyncio.wait_for(socket.recv(), 30))
@@ -106,8 +111,9 @@ async def socket_outcome(url: str, headers: list[tuple[str, str]]) -> str | int:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_no_socket_subscribes_to_another_users_account(daphne_server, victims_account, intruders_account,
-                                                       other_user):
+def test_no_socket_subscribes_to_another_users_account(
+    daphne_server, victims_account, intruders_account, other_user
+):
     session = session_client(other_user).cookies["sessionid"].value
     doors = {
         "token": [("Authorization", f"Token {AuthToken.objects.create(user=other_user)[1]}")],
@@ -124,13 +130,17 @@ def test_no_socket_subscribes_to_another_users_account(daphne_server, victims_ac
 
 # --- admin ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_the_admin_shows_no_account_to_a_user_who_is_not_staff(client, victims_account, other_user):
     client.force_login(other_user)
     watchlist = Watchlist.objects.get(account=victims_account)
-    pages = ["/admin/", "/admin/trading/brokeraccount/",
-             f"/admin/trading/brokeraccount/{victims_account.id}/change/",
-             f"/admin/watchlist/watchlist/{watchlist.id}/change/"]
+    pages = [
+        "/admin/",
+        "/admin/trading/brokeraccount/",
+        f"/admin/trading/brokeraccount/{victims_account.id}/change/",
+        f"/admin/watchlist/watchlist/{watchlist.id}/change/",
+    ]
     for page in pages:
         response = client.get(page)
         assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), page

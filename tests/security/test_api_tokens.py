@@ -34,7 +34,9 @@ def test_the_database_holds_a_digest_never_the_token(token):
 
 def test_a_token_expires(token, user, settings):
     stored = AuthToken.objects.get()
-    assert stored.expiry - timezone.now() == pytest.approx(settings.REST_KNOX["TOKEN_TTL"], abs=timedelta(minutes=1))
+    assert stored.expiry - timezone.now() == pytest.approx(
+        settings.REST_KNOX["TOKEN_TTL"], abs=timedelta(minutes=1)
+    )
     AuthToken.objects.update(expiry=timezone.now() - timedelta(seconds=1))
     response = client_with(token).get("/api/watchlist/")
     assert response.status_code == 401 and response.json()["success"] is False

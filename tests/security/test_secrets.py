@@ -46,8 +46,10 @@ def canary_account(user, make_account, simulator):
 
 @pytest.fixture
 def mistyped_accounts(user, make_account, simulator):
-    return [make_account(user, cano=cano, base_url=simulator.url, app_key=key, app_secret=APP_SECRET)
-            for cano, key in MISTYPED_KEYS.items()]
+    return [
+        make_account(user, cano=cano, base_url=simulator.url, app_key=key, app_secret=APP_SECRET)
+        for cano, key in MISTYPED_KEYS.items()
+    ]
 
 
 def exercise_the_api(account, simulator, tokens: set[str]) -> list:
@@ -84,9 +86,15 @@ def current_token(account) -> str:
 def admin_pages(accounts) -> list:
     boss = Client()
     boss.force_login(get_user_model().objects.create_superuser("boss", password="boss-pass-123"))
-    pages = ["/admin/", "/admin/trading/brokeraccount/", "/admin/trading/brokeraccount/add/",
-             "/admin/watchlist/watchlist/", "/admin/watchlist/syncstate/",
-             "/admin/watchlist/watchlistchange/", "/admin/trading/order/"]
+    pages = [
+        "/admin/",
+        "/admin/trading/brokeraccount/",
+        "/admin/trading/brokeraccount/add/",
+        "/admin/watchlist/watchlist/",
+        "/admin/watchlist/syncstate/",
+        "/admin/watchlist/watchlistchange/",
+        "/admin/trading/order/",
+    ]
     pages += [f"/admin/trading/brokeraccount/{account.id}/change/" for account in accounts]
     pages += [f"/admin/watchlist/watchlist/{account.watchlist.id}/change/" for account in accounts]
     return [boss.get(page) for page in pages]
@@ -101,8 +109,9 @@ def stored_rows() -> str:
         return text + repr(cursor.fetchall())
 
 
-def test_no_key_secret_or_token_leaks_from_any_main_path(canary_account, mistyped_accounts, simulator,
-                                                        settings, caplog, capsys):
+def test_no_key_secret_or_token_leaks_from_any_main_path(
+    canary_account, mistyped_accounts, simulator, settings, caplog, capsys
+):
     settings.KIS_TIMEOUT = 0.5
     tokens: set[str] = set()
     for account in [canary_account, *mistyped_accounts]:
@@ -114,20 +123,29 @@ def test_no_key_secret_or_token_leaks_from_any_main_path(canary_account, mistype
     tokens = {token for token in tokens | {current_token(canary_account)} if token}
 
     assert {answer.status_code for answer in answers} <= {200, 404, 409, 502, 503}, [
-        (answer.status_code, answer.content[:200]) for answer in answers]
+        (answer.status_code, answer.content[:200]) for answer in answers
+    ]
     captured = capsys.readouterr()
     haystacks = {
         "logs": caplog.text,
         "stdout": captured.out,
         "stderr": captured.err,
-        "answers": "\n".join(f"{answer.status_code} {answer.headers}\n{answer.content.decode()}"
-                             for answer in answers),
+        "answers": "\n".join(
+            f"{answer.status_code} {answer.headers}\n{answer.content.decode()}" for answer in answers
+        ),
         "database": stored_rows(),
     }
-    needles = {"app key": APP_KEY, "app secret": APP_SECRET,
-               **{f"access token {n}": token for n, token in enumerate(tokens)},
-               **{f"mistyped key {n}": key.strip() for n, key in enumerate(MISTYPED_KEYS.values())}}
-    leaks = [(what, where) for what, needle in needles.items()
-             for where, text in haystacks.items() if needle in text]
+    needles = {
+        "app key": APP_KEY,
+        "app secret": APP_SECRET,
+        **{f"access token {n}": token for n, token in enumerate(tokens)},
+        **{f"mistyped key {n}": key.strip() for n, key in enumerate(MISTYPED_KEYS.values())},
+    }
+    leaks = [
+        (what, where)
+        for what, needle in needles.items()
+        for where, text in haystacks.items()
+        if needle in text
+    ]
     assert leaks == []
     assert "sync failed account=" in caplog.text  # the faults did run and were logged

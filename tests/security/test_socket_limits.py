@@ -48,7 +48,9 @@ async def test_a_frame_over_64_kb_is_answered_error_then_closed_4429(user, accou
     socket = socket_to(headers=await database_sync_to_async(token_headers)(user))
     await connected(socket)
 
-    await socket.send_to(text_data='{"type": "ping", "pad": "' + "é" * (socket_limits.MAX_FRAME_BYTES // 2) + '"}')
+    await socket.send_to(
+        text_data='{"type": "ping", "pad": "' + "é" * (socket_limits.MAX_FRAME_BYTES // 2) + '"}'
+    )
 
     messages, code = await closing_code(socket)
     assert [m["type"] for m in messages] == ["error"] and "65536 bytes" in messages[0]["message"]
@@ -153,12 +155,16 @@ async def test_a_database_error_in_a_resync_closes_cleanly_and_leaves_the_fan_ou
     monkeypatch.setattr(consumers, "checked_snapshot", failing)
     await socket.send_json_to({"type": "resync"})
 
-    assert (await socket.receive_output(timeout=TIMEOUT)) == {"type": "websocket.close",
-                                                              "code": consumers.CLOSE_SERVER_ERROR}
+    assert (await socket.receive_output(timeout=TIMEOUT)) == {
+        "type": "websocket.close",
+        "code": consumers.CLOSE_SERVER_ERROR,
+    }
     assert fan_out_is_empty()
 
 
-async def test_any_handler_failure_closes_cleanly_and_leaves_the_fan_out(user, account, socket_to, monkeypatch):
+async def test_any_handler_failure_closes_cleanly_and_leaves_the_fan_out(
+    user, account, socket_to, monkeypatch
+):
     async def failing_receive(self, text_data=None, bytes_data=None):
         raise RuntimeError("a bug")
 
@@ -172,19 +178,24 @@ async def test_any_handler_failure_closes_cleanly_and_leaves_the_fan_out(user, a
     assert fan_out_is_empty()
 
 
-async def test_a_socket_whose_unsent_bytes_exceed_the_bound_is_closed_4408(user, account, socket_to, monkeypatch):
+async def test_a_socket_whose_unsent_bytes_exceed_the_bound_is_closed_4408(
+    user, account, socket_to, monkeypatch
+):
     socket = socket_to(headers=await database_sync_to_async(token_headers)(user))
     await connected(socket)
     monkeypatch.setattr(consumers, "unsent_bytes", lambda send: socket_limits.MAX_UNSENT_BYTES + 1)
 
     await socket.send_json_to({"type": "ping"})
 
-    assert (await socket.receive_output(timeout=TIMEOUT)) == {"type": "websocket.close",
-                                                              "code": socket_limits.CLOSE_FALLING_BEHIND}
+    assert (await socket.receive_output(timeout=TIMEOUT)) == {
+        "type": "websocket.close",
+        "code": socket_limits.CLOSE_FALLING_BEHIND,
+    }
 
 
-async def test_a_user_holds_at_most_the_cap_of_sockets_per_process(user, other_user, account, make_account,
-                                                                    socket_to, monkeypatch):
+async def test_a_user_holds_at_most_the_cap_of_sockets_per_process(
+    user, other_user, account, make_account, socket_to, monkeypatch
+):
     monkeypatch.setattr(consumers, "MAX_SOCKETS_PER_USER", 3)
     await database_sync_to_async(make_account)(other_user, cano="50888888")
     headers = await database_sync_to_async(token_headers)(user)

@@ -36,8 +36,10 @@ def signed_in(server, username: str = "trader", password: str = PASSWORD) -> htt
     """An HTTP client signed in through the login form of `server`: its own session."""
     client = httpx.Client(base_url=server.url, timeout=TIMEOUT)
     client.get("/accounts/login/").raise_for_status()
-    answer = client.post("/accounts/login/", data={
-        "username": username, "password": password, "csrfmiddlewaretoken": client.cookies["csrftoken"]})
+    answer = client.post(
+        "/accounts/login/",
+        data={"username": username, "password": password, "csrfmiddlewaretoken": client.cookies["csrftoken"]},
+    )
     assert answer.status_code == 302, answer.text[:300]
     return client
 
@@ -47,15 +49,19 @@ def post_form(client: httpx.Client, path: str, **fields: str) -> httpx.Response:
 
 
 async def session_socket(server, client: httpx.Client) -> ClientConnection:
-    socket = await connect(server.ws_url(), open_timeout=TIMEOUT, additional_headers={
-        "Cookie": f"sessionid={client.cookies['sessionid']}", "Origin": server.url})
+    socket = await connect(
+        server.ws_url(),
+        open_timeout=TIMEOUT,
+        additional_headers={"Cookie": f"sessionid={client.cookies['sessionid']}", "Origin": server.url},
+    )
     assert json.loads(await socket.recv())["type"] == "watchlist_snapshot"
     return socket
 
 
 async def token_socket(server, key: str, path: str = "/ws/watchlist/") -> ClientConnection:
-    socket = await connect(server.ws_url(path), open_timeout=TIMEOUT,
-                           additional_headers={"Authorization": f"Token {key}"})
+    socket = await connect(
+        server.ws_url(path), open_timeout=TIMEOUT, additional_headers={"Authorization": f"Token {key}"}
+    )
     assert json.loads(await socket.recv())["type"] == "watchlist_snapshot"
     return socket
 
@@ -93,7 +99,9 @@ async def test_logging_out_closes_that_sessions_sockets_4401(
 
     assert answer.status_code in (200, 302)
     assert await closed_with(socket) == CLOSE_UNAUTHENTICATED
-    assert await still_open(other_session) and await still_open(script), "another session, a token: still valid"
+    assert await still_open(other_session) and await still_open(script), (
+        "another session, a token: still valid"
+    )
 
 
 async def test_changing_the_password_closes_the_users_session_sockets_4401(
@@ -103,12 +111,20 @@ async def test_changing_the_password_closes_the_users_session_sockets_4401(
     page reconnects with the new cookie)."""
     browser = await asyncio.to_thread(signed_in, daphne_server)
     elsewhere = await asyncio.to_thread(signed_in, daphne_server)
-    sockets = [await session_socket(second_daphne_server, elsewhere),
-               await session_socket(second_daphne_server, browser)]
+    sockets = [
+        await session_socket(second_daphne_server, elsewhere),
+        await session_socket(second_daphne_server, browser),
+    ]
     script = await token_socket(second_daphne_server, token_key)
 
-    answer = await asyncio.to_thread(post_form, browser, "/accounts/password_change/", old_password=PASSWORD,
-                                     new_password1="a-new-password-9", new_password2="a-new-password-9")
+    answer = await asyncio.to_thread(
+        post_form,
+        browser,
+        "/accounts/password_change/",
+        old_password=PASSWORD,
+        new_password1="a-new-password-9",
+        new_password2="a-new-password-9",
+    )
 
     assert answer.status_code == 302, answer.text[:300]
     assert [await closed_with(socket) for socket in sockets] == [CLOSE_UNAUTHENTICATED] * 2
@@ -131,8 +147,10 @@ async def test_deactivating_the_user_closes_every_socket_of_theirs_4401(
     second_daphne_server, user, account, token_key
 ):
     browser = await asyncio.to_thread(signed_in, second_daphne_server)
-    sockets = [await token_socket(second_daphne_server, token_key),
-               await session_socket(second_daphne_server, browser)]
+    sockets = [
+        await token_socket(second_daphne_server, token_key),
+        await session_socket(second_daphne_server, browser),
+    ]
 
     def deactivate():
         user.is_active = False

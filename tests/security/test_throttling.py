@@ -37,8 +37,10 @@ LOGGED_IN = {try_token: 200, try_login_form: 302}
 @pytest.mark.parametrize("attempt", DOORS)
 def test_a_forged_forwarded_for_does_not_reset_the_limit(user, attempt):
     """Password spraying: a new username and a new forged client address on every request."""
-    statuses = [attempt(APIClient(HTTP_X_FORWARDED_FOR=f"203.0.113.{n}"), f"user{n}")
-                for n in range(ADDRESS_LIMIT + 1)]
+    statuses = [
+        attempt(APIClient(HTTP_X_FORWARDED_FOR=f"203.0.113.{n}"), f"user{n}")
+        for n in range(ADDRESS_LIMIT + 1)
+    ]
     assert 429 not in statuses[:ADDRESS_LIMIT] and statuses[ADDRESS_LIMIT] == 429
 
 
@@ -68,7 +70,9 @@ def test_behind_a_proxy_the_address_it_saw_is_the_one_counted(user, settings):
         # The proxy appends the address it saw to whatever the client sent.
         return APIClient(REMOTE_ADDR=proxy, HTTP_X_FORWARDED_FOR=f"{forged}, {client_address}")
 
-    guesser = [try_token(from_client("192.0.2.7", f"203.0.113.{n}"), f"user{n}") for n in range(ADDRESS_LIMIT + 1)]
+    guesser = [
+        try_token(from_client("192.0.2.7", f"203.0.113.{n}"), f"user{n}") for n in range(ADDRESS_LIMIT + 1)
+    ]
     assert guesser[ADDRESS_LIMIT] == 429
     another_client = try_token(from_client("192.0.2.8", "203.0.113.1"), "someone")
     assert another_client == 400  # refused for its password, not throttled
@@ -93,7 +97,9 @@ def assert_throttled(response):
     assert int(response["Retry-After"]) >= 1
 
 
-def test_trades_are_refused_beyond_20_a_second_not_below(user, account, memory_broker, sync_requests, frozen_clock):
+def test_trades_are_refused_beyond_20_a_second_not_below(
+    user, account, memory_broker, sync_requests, frozen_clock
+):
     api = token_client(user)
 
     def buy():
@@ -107,12 +113,16 @@ def test_trades_are_refused_beyond_20_a_second_not_below(user, account, memory_b
     assert buy().status_code == 200
 
 
-def test_trades_are_refused_beyond_120_a_minute_not_below(user, account, memory_broker, sync_requests, frozen_clock):
+def test_trades_are_refused_beyond_120_a_minute_not_below(
+    user, account, memory_broker, sync_requests, frozen_clock
+):
     api = token_client(user)
     for _ in range(TRADES_PER_MINUTE // TRADES_PER_SECOND):
         # Invalid orders are answered quickly, and count as trade requests all the same.
-        answers = {api.post("/execute-buy/005930", {"qty": 0}, format="json").status_code
-                   for _ in range(TRADES_PER_SECOND)}
+        answers = {
+            api.post("/execute-buy/005930", {"qty": 0}, format="json").status_code
+            for _ in range(TRADES_PER_SECOND)
+        }
         assert answers == {400}
         frozen_clock[0] += 1.0
     assert_throttled(api.post("/execute-buy/005930", {"qty": 1}, format="json"))
@@ -121,8 +131,9 @@ def test_trades_are_refused_beyond_120_a_minute_not_below(user, account, memory_
     assert api.post("/execute-buy/005930", {"qty": 1}, format="json").status_code == 200
 
 
-def test_one_users_trades_do_not_use_up_anothers(user, other_user, account, make_account, memory_broker,
-                                                 sync_requests, frozen_clock):
+def test_one_users_trades_do_not_use_up_anothers(
+    user, other_user, account, make_account, memory_broker, sync_requests, frozen_clock
+):
     make_account(other_user, cano="50999999")
     busy, other = token_client(user), token_client(other_user)
     for _ in range(TRADES_PER_SECOND):
@@ -132,7 +143,8 @@ def test_one_users_trades_do_not_use_up_anothers(user, other_user, account, make
 
 
 def test_manual_syncs_are_refused_beyond_12_a_minute_per_account_not_below(
-        user, account, make_account, memory_broker, frozen_clock):
+    user, account, make_account, memory_broker, frozen_clock
+):
     second_account = make_account(user, cano="50999999")
     api = token_client(user)
     by_default = [api.post("/api/watchlist/sync/") for _ in range(SYNCS_PER_MINUTE // 2)]

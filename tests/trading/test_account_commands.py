@@ -37,13 +37,33 @@ def key_and_secret(monkeypatch):
 
 
 def test_adds_an_account_with_the_environments_kis_host_and_prints_its_id_last(user, key_and_secret):
-    lines = run("add_broker_account", "--user", "trader", "--cano", "12345678", "--product", "01",
-                "--environment", "real", "--hts-id", "myhts", "--name", "실전 계좌")
+    lines = run(
+        "add_broker_account",
+        "--user",
+        "trader",
+        "--cano",
+        "12345678",
+        "--product",
+        "01",
+        "--environment",
+        "real",
+        "--hts-id",
+        "myhts",
+        "--name",
+        "실전 계좌",
+    )
     account = BrokerAccount.objects.get(pk=int(lines[-1]))
     assert (account.owner, account.account_number, account.product_code, account.environment) == (
-        user, "12345678", "01", "real")
+        user,
+        "12345678",
+        "01",
+        "real",
+    )
     assert (account.base_url, account.hts_id, account.display_name) == (
-        "https://openapi.koreainvestment.com:9443", "myhts", "실전 계좌")
+        "https://openapi.koreainvestment.com:9443",
+        "myhts",
+        "실전 계좌",
+    )
     assert (account.app_key, account.app_secret) == (APP_KEY, APP_SECRET)
     with connection.cursor() as cursor:
         cursor.execute("SELECT app_key, app_secret FROM trading_brokeraccount WHERE id = %s", [account.pk])
@@ -53,9 +73,21 @@ def test_adds_an_account_with_the_environments_kis_host_and_prints_its_id_last(u
 
 
 def test_paper_defaults_to_the_paper_host(user, key_and_secret):
-    lines = run("add_broker_account", "--user", "trader", "--cano", "50000001", "--product", "01",
-                "--environment", "paper")
-    assert BrokerAccount.objects.get(pk=int(lines[-1])).base_url == "https://openapivts.koreainvestment.com:29443"
+    lines = run(
+        "add_broker_account",
+        "--user",
+        "trader",
+        "--cano",
+        "50000001",
+        "--product",
+        "01",
+        "--environment",
+        "paper",
+    )
+    assert (
+        BrokerAccount.objects.get(pk=int(lines[-1])).base_url
+        == "https://openapivts.koreainvestment.com:29443"
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,9 +123,25 @@ def test_a_missing_secret_exits_2_from_the_shell(missing):
     environment = os.environ | {"KIS_APP_KEY": APP_KEY, "KIS_APP_SECRET": APP_SECRET}
     del environment[missing]
     finished = subprocess.run(
-        [sys.executable, "manage.py", "add_broker_account", "--user", "trader", "--cano", "12345678",
-         "--product", "01", "--environment", "real"],
-        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "manage.py",
+            "add_broker_account",
+            "--user",
+            "trader",
+            "--cano",
+            "12345678",
+            "--product",
+            "01",
+            "--environment",
+            "real",
+        ],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert finished.returncode == 2
     assert f"set {missing} in the environment" in finished.stderr
@@ -119,7 +167,11 @@ def test_the_demo_account_passes_every_step_and_orders_nothing(simulator, sim_ac
 def test_without_an_hts_id_the_fill_notice_step_is_left_out(simulator, sim_account, redis_client):
     sim_account.hts_id = ""
     assert [step.name for step in check_account(sim_account)] == [
-        "access token", "balance (first page)", "real-time approval key", "real-time prices of 005930"]
+        "access token",
+        "balance (first page)",
+        "real-time approval key",
+        "real-time prices of 005930",
+    ]
 
 
 def failed_steps(account) -> list[str]:
@@ -142,7 +194,8 @@ def test_a_wrong_account_number_is_named(simulator, user, make_account, redis_cl
 
 def test_a_closed_port_is_named(account, redis_client):
     assert failed_steps(account) == [
-        "access token: cannot connect to 127.0.0.1:9 for tokenP (connection refused)"]
+        "access token: cannot connect to 127.0.0.1:9 for tokenP (connection refused)"
+    ]
 
 
 def test_an_unknown_account_id_exits_2(db):

@@ -128,7 +128,9 @@ def kis_account(make_account, user):
         "ftp://127.0.0.1:21",
     ],
 )
-def test_the_base_url_is_one_of_the_two_kis_hosts(admin_client, kis_account, settings, base_url, allow_loopback):
+def test_the_base_url_is_one_of_the_two_kis_hosts(
+    admin_client, kis_account, settings, base_url, allow_loopback
+):
     settings.KIS_ALLOW_LOOPBACK_BASE_URL = allow_loopback
     response = admin_client.post(
         change_url(kis_account), form_data(kis_account, base_url=base_url, app_secret="typed-again")
@@ -163,14 +165,18 @@ def test_moving_an_account_needs_the_app_secret_typed_again(admin_client, kis_ac
     kis_account.refresh_from_db()
     assert (kis_account.base_url, kis_account.environment) == (PAPER_HOST, "paper")
 
-    response = admin_client.post(change_url(kis_account), form_data(kis_account, **change, app_secret="s-new-1"))
+    response = admin_client.post(
+        change_url(kis_account), form_data(kis_account, **change, app_secret="s-new-1")
+    )
     assert response.status_code == 302
     kis_account.refresh_from_db()
     assert kis_account.app_secret == "s-new-1" and kis_account.app_key == APP_KEY
 
 
 def test_other_changes_keep_the_secret_without_typing_it(admin_client, kis_account):
-    response = admin_client.post(change_url(kis_account), form_data(kis_account, hts_id="newhts", display_name="x"))
+    response = admin_client.post(
+        change_url(kis_account), form_data(kis_account, hts_id="newhts", display_name="x")
+    )
     assert response.status_code == 302
     kis_account.refresh_from_db()
     assert (kis_account.hts_id, kis_account.app_secret) == ("newhts", APP_SECRET)

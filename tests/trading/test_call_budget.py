@@ -76,8 +76,13 @@ def test_a_burst_of_trades_and_syncs_on_several_accounts_keeps_the_simulators_li
     settings.KIS_RATE_LIMIT_PAPER = 2
     simulator.set_limits(rate_limits={"paper": 2, "real": 20})
     accounts = [
-        make_account(user, cano=str(50_200_000 + n), base_url=simulator.url, app_key=f"burst-key-{n}",
-                     app_secret=f"burst-secret-{n}")
+        make_account(
+            user,
+            cano=str(50_200_000 + n),
+            base_url=simulator.url,
+            app_key=f"burst-key-{n}",
+            app_secret=f"burst-secret-{n}",
+        )
         for n in range(3)
     ]
     for account in accounts:
@@ -94,7 +99,9 @@ def test_a_burst_of_trades_and_syncs_on_several_accounts_keeps_the_simulators_li
 
     try:
         with ThreadPoolExecutor(12) as pool:
-            futures = [pool.submit(call, account) for account in accounts for call in (trade, sync, trade, sync)]
+            futures = [
+                pool.submit(call, account) for account in accounts for call in (trade, sync, trade, sync)
+            ]
             for future in futures:
                 future.result(WAIT)
         limits = simulator.limits()

@@ -15,11 +15,15 @@ pytestmark = pytest.mark.django_db
 
 def test_the_beat_task_purges_only_expired_idempotency_keys(user, other_user):
     now = timezone.now()
-    for owner, key, age in [(user, "old", IDEMPOTENCY_TTL + timedelta(seconds=1)),
-                            (other_user, "old-too", IDEMPOTENCY_TTL * 3),
-                            (user, "fresh", IDEMPOTENCY_TTL - timedelta(minutes=1)),
-                            (other_user, "in-flight", timedelta(0))]:
-        claim = IdempotencyKey.objects.create(user=owner, key=key, result=None if key == "in-flight" else {"a": 1})
+    for owner, key, age in [
+        (user, "old", IDEMPOTENCY_TTL + timedelta(seconds=1)),
+        (other_user, "old-too", IDEMPOTENCY_TTL * 3),
+        (user, "fresh", IDEMPOTENCY_TTL - timedelta(minutes=1)),
+        (other_user, "in-flight", timedelta(0)),
+    ]:
+        claim = IdempotencyKey.objects.create(
+            user=owner, key=key, result=None if key == "in-flight" else {"a": 1}
+        )
         IdempotencyKey.objects.filter(pk=claim.pk).update(created_at=now - age)
 
     tasks.purge_expired_idempotency_keys()

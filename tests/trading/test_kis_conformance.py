@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import pytest
 
+from tests.fixtures.simulator import DEMO_CANO
 from trading.brokers.base import BalanceChangedWhileRead, TokenIssueLimited
 from trading.brokers.kis import KoreaInvestService, forget_process_tokens
 
-from tests.fixtures.simulator import DEMO_CANO
-
 
 def test_lots_of_one_stock_by_loan_date_come_back_as_one_holding(simulator, sim_account, redis_client):
-    simulator.set_holdings(DEMO_CANO, [
-        {"stock_code": "005930", "quantity": 10, "avg_price": 70_000},
-        {"stock_code": "005930", "quantity": 30, "avg_price": 74_000, "loan_date": "20261120"},
-        {"stock_code": "000660", "quantity": 2, "avg_price": 180_000},
-    ])
+    simulator.set_holdings(
+        DEMO_CANO,
+        [
+            {"stock_code": "005930", "quantity": 10, "avg_price": 70_000},
+            {"stock_code": "005930", "quantity": 30, "avg_price": 74_000, "loan_date": "20261120"},
+            {"stock_code": "000660", "quantity": 2, "avg_price": 180_000},
+        ],
+    )
 
     frame = KoreaInvestService(sim_account).get_acct_balance()
 
@@ -30,7 +32,9 @@ def positions(count: int) -> list[dict]:
     return [{"stock_code": f"{100000 + n:06d}", "quantity": 1 + n, "avg_price": 5_000} for n in range(count)]
 
 
-def test_a_balance_that_changed_while_paging_is_read_again_from_page_one(simulator, sim_account, redis_client):
+def test_a_balance_that_changed_while_paging_is_read_again_from_page_one(
+    simulator, sim_account, redis_client
+):
     simulator.set_holdings(DEMO_CANO, positions(25))  # two pages of 20 on a paper account
     simulator.inject_fault("sydb0050", 1)
 

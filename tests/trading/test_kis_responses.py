@@ -297,19 +297,42 @@ def test_a_refused_inqr_dvsn_is_a_clear_refusal_that_is_not_retried(account):
     with pytest.raises(RequestRefused) as refused:
         broker(account, script).get_acct_balance()
     assert not refused.value.retryable
-    assert (refused.value.msg_cd, refused.value.message) == ("OPSQ2001", "ERROR : INPUT INVALID_CHECK_INQR_DVSN")
+    assert (refused.value.msg_cd, refused.value.message) == (
+        "OPSQ2001",
+        "ERROR : INPUT INVALID_CHECK_INQR_DVSN",
+    )
     assert len(script.calls("inquire-balance")) == 1
 
 
 def test_rows_of_one_stock_by_loan_date_are_summed_across_pages(account):
     """INQR_DVSN "01" lists a stock once per loan date; the holdings see one position per code."""
-    older = ROW | {"hldg_qty": "10", "ord_psbl_qty": "10", "pchs_avg_pric": "70000.0000",
-                   "evlu_amt": "721000", "evlu_pfls_amt": "21000", "evlu_pfls_rt": "3.00"}
-    hynix = ROW | {"pdno": "000660", "prdt_name": "SK하이닉스", "hldg_qty": "2", "ord_psbl_qty": "2",
-                   "pchs_avg_pric": "180000", "prpr": "181000", "evlu_amt": "362000",
-                   "evlu_pfls_amt": "2000", "evlu_pfls_rt": "0.56"}
-    newer = ROW | {"hldg_qty": "30", "ord_psbl_qty": "20", "pchs_avg_pric": "74000.0000",
-                   "evlu_amt": "2163000", "evlu_pfls_amt": "-57000", "evlu_pfls_rt": "-2.57"}
+    older = ROW | {
+        "hldg_qty": "10",
+        "ord_psbl_qty": "10",
+        "pchs_avg_pric": "70000.0000",
+        "evlu_amt": "721000",
+        "evlu_pfls_amt": "21000",
+        "evlu_pfls_rt": "3.00",
+    }
+    hynix = ROW | {
+        "pdno": "000660",
+        "prdt_name": "SK하이닉스",
+        "hldg_qty": "2",
+        "ord_psbl_qty": "2",
+        "pchs_avg_pric": "180000",
+        "prpr": "181000",
+        "evlu_amt": "362000",
+        "evlu_pfls_amt": "2000",
+        "evlu_pfls_rt": "0.56",
+    }
+    newer = ROW | {
+        "hldg_qty": "30",
+        "ord_psbl_qty": "20",
+        "pchs_avg_pric": "74000.0000",
+        "evlu_amt": "2163000",
+        "evlu_pfls_amt": "-57000",
+        "evlu_pfls_rt": "-2.57",
+    }
     script = ScriptedKis(**{"inquire-balance": [page([older, hynix], "F", nk="000660"), page([newer], "E")]})
     frame = broker(account, script).get_acct_balance()
 
@@ -329,7 +352,11 @@ def test_rows_adding_up_beyond_64_bits_are_a_bad_response(account):
         broker(account, ScriptedKis(**{"inquire-balance": [page([huge, huge, huge])]})).get_acct_balance()
 
 
-DATA_CHANGED = {"rt_cd": "7", "msg_cd": "SYDB0050", "msg1": "조회이후에 자료가 변경되었습니다.(다시 조회하세요)"}
+DATA_CHANGED = {
+    "rt_cd": "7",
+    "msg_cd": "SYDB0050",
+    "msg1": "조회이후에 자료가 변경되었습니다.(다시 조회하세요)",
+}
 
 
 def test_a_balance_that_changed_during_paging_is_read_again_from_page_one(account):
@@ -400,7 +427,9 @@ def test_the_kst_expiry_timestamp_wins_over_expires_in(account):
     service = broker(account, script)
     service.get_price("005930")
     assert service.token.cached() == "scripted-token"
-    assert cache.get(service.token.cache_key)["expires_at"] == datetime(2099, 1, 1, 0, 0, tzinfo=UTC).timestamp()
+    assert (
+        cache.get(service.token.cache_key)["expires_at"] == datetime(2099, 1, 1, 0, 0, tzinfo=UTC).timestamp()
+    )
 
 
 TOO_SOON = {"error_code": "EGW00133", "error_description": "접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회)"}

@@ -15,7 +15,13 @@ TOKEN = {"access_token": "scripted-token", "token_type": "Bearer", "expires_in":
 # The request never left: no connection was made, or none was free in the pool.
 NOT_SENT = [httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol]
 # The request, or part of it, may have reached KIS before the connection failed.
-MAYBE_SENT = [httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.WriteError, httpx.WriteTimeout]
+MAYBE_SENT = [
+    httpx.ReadError,
+    httpx.ReadTimeout,
+    httpx.RemoteProtocolError,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+]
 
 
 @pytest.fixture(autouse=True)
@@ -60,12 +66,18 @@ def test_a_call_that_may_have_left_is_state_unknown(account, failure):
     assert (result.outcome, result.needs_reconcile, status) == (TradeOutcome.STATE_UNKNOWN, True, "unknown")
 
 
-@pytest.mark.parametrize("answer", [
-    httpx.Response(500, text="Internal Server Error"),
-    httpx.Response(502, json={"error": "bad gateway"}),
-    httpx.Response(200, text="<html>not json</html>"),
-    httpx.Response(200, json={"rt_cd": "0", "msg_cd": "APBK0013", "msg1": "주문 전송 완료", "output": {}}),
-], ids=["500-text", "502-json-without-code", "200-not-json", "200-without-order-number"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(500, text="Internal Server Error"),
+        httpx.Response(502, json={"error": "bad gateway"}),
+        httpx.Response(200, text="<html>not json</html>"),
+        httpx.Response(
+            200, json={"rt_cd": "0", "msg_cd": "APBK0013", "msg1": "주문 전송 완료", "output": {}}
+        ),
+    ],
+    ids=["500-text", "502-json-without-code", "200-not-json", "200-without-order-number"],
+)
 def test_an_answer_that_does_not_settle_the_order_is_state_unknown(account, answer):
     result, status = order_with(account, kis_failing_orders_with(account, answer))
     assert (result.outcome, result.needs_reconcile, status) == (TradeOutcome.STATE_UNKNOWN, True, "unknown")
@@ -84,7 +96,9 @@ def test_an_order_without_a_token_was_not_sent(account):
 def test_the_client_side_rate_limit_refuses_before_sending(account, settings, monkeypatch, redis_client):
     monkeypatch.setattr("trading.brokers.call_budget.MAX_WAIT", 0.0)
     settings.KIS_RATE_LIMIT_PAPER = 0.01  # the first order takes the app key's slot for 100 s
-    accepted = httpx.Response(200, json={"rt_cd": "0", "msg_cd": "APBK0013", "msg1": "", "output": {"ODNO": "1"}})
+    accepted = httpx.Response(
+        200, json={"rt_cd": "0", "msg_cd": "APBK0013", "msg1": "", "output": {"ODNO": "1"}}
+    )
     broker = kis_failing_orders_with(account, accepted)
     first = place_order(account=account, stock_code="005930", side="buy", qty=1, price=None, broker=broker)
     second = place_order(account=account, stock_code="005930", side="buy", qty=1, price=None, broker=broker)

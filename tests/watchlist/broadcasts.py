@@ -7,6 +7,7 @@ import asyncio
 import threading
 import uuid
 from collections import deque
+from typing import Self
 
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 
@@ -33,7 +34,7 @@ class GroupListener:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    def __enter__(self) -> GroupListener:
+    def __enter__(self) -> Self:
         self.thread.start()
         self.layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
         for group in (self.group, PRICES_GROUP):

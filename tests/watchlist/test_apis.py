@@ -31,7 +31,9 @@ SELL = "/execute-sell/005930"
 
 
 def post(client: APIClient, path: str, body=None, **extra):
-    return client.post(path, data=json.dumps(body if body is not None else {}), content_type="application/json", **extra)
+    return client.post(
+        path, data=json.dumps(body if body is not None else {}), content_type="application/json", **extra
+    )
 
 
 def items(account) -> dict[str, WatchlistItem]:
@@ -56,6 +58,7 @@ def synced(account, memory_broker):
 
 # --- 200 -----------------------------------------------------------------------------------------
 
+
 def test_buy_places_one_order_and_adds_a_pending_item(api, account, memory_broker, sync_requests):
     response = post(api, BUY, {"qty": 10})
 
@@ -71,7 +74,13 @@ def test_buy_places_one_order_and_adds_a_pending_item(api, account, memory_broke
     assert (item.quantity, item.pending) == (10, True)
     assert sync_requests == [account.id]  # the reconciling sync
     order = Order.objects.get()
-    assert (order.status, order.order_no, order.side, order.qty, order.price) == ("accepted", body["order_id"], "buy", 10, None)
+    assert (order.status, order.order_no, order.side, order.qty, order.price) == (
+        "accepted",
+        body["order_id"],
+        "buy",
+        10,
+        None,
+    )
 
 
 @pytest.mark.parametrize("path", ["/execute-buy/005930", "/execute-buy/005930/"])
@@ -100,8 +109,9 @@ def test_partial_sell_lowers_the_quantity(api, synced, memory_broker, sync_reque
     assert (item.quantity, item.pending) == (6, True)
 
 
-def test_the_account_field_picks_one_of_the_users_accounts(api, user, account, make_account, memory_broker,
-                                                            sync_requests):
+def test_the_account_field_picks_one_of_the_users_accounts(
+    api, user, account, make_account, memory_broker, sync_requests
+):
     second = make_account(user, cano="50999999")
     response = post(api, BUY, {"qty": 2, "account": second.id})
     assert response.status_code == 200
@@ -109,6 +119,7 @@ def test_the_account_field_picks_one_of_the_users_accounts(api, user, account, m
 
 
 # --- 400 -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("body", "field"),
@@ -205,6 +216,7 @@ def test_a_bad_idempotency_key_is_refused(api, account, memory_broker):
 
 # --- 401 / 403 -----------------------------------------------------------------------------------
 
+
 def test_unauthenticated_requests_are_refused_as_json(account, memory_broker):
     response = post(APIClient(), BUY, {"qty": 1})
     assert response.status_code == 401
@@ -236,6 +248,7 @@ def test_session_authentication_enforces_csrf(user, account, memory_broker, sync
 
 # --- 404 -----------------------------------------------------------------------------------------
 
+
 def test_another_users_account_is_not_found_and_nothing_is_placed(intruder_api, account, memory_broker):
     for path in (BUY, SELL):
         response = post(intruder_api, path, {"qty": 1, "account": account.id})
@@ -254,7 +267,9 @@ def test_an_unknown_account_id_gets_404(api, account, memory_broker):
     assert post(api, BUY, {"qty": 1, "account": account.id + 1000}).status_code == 404
 
 
-@pytest.mark.parametrize("path", ["/api/nothing", "/api/", "/execute-buy", "/execute-buy/005930/extra", "/api/watchlist/x"])
+@pytest.mark.parametrize(
+    "path", ["/api/nothing", "/api/", "/execute-buy", "/execute-buy/005930/extra", "/api/watchlist/x"]
+)
 def test_unknown_api_paths_are_json_404s(api, path):
     response = api.get(path)
     assert response.status_code == 404 and response.json()["success"] is False
@@ -268,7 +283,10 @@ def test_wrong_method_is_json_405(api, account):
 
 # --- 409 -----------------------------------------------------------------------------------------
 
-def test_selling_more_than_the_watchlist_holds_is_409_without_an_order(api, synced, memory_broker, sync_requests):
+
+def test_selling_more_than_the_watchlist_holds_is_409_without_an_order(
+    api, synced, memory_broker, sync_requests
+):
     response = post(api, SELL, {"qty": 11})
 
     assert response.status_code == 409
@@ -296,8 +314,10 @@ def test_the_brokers_own_orderable_quantity_refusal_is_409(api, account, memory_
 
 # --- 502 -----------------------------------------------------------------------------------------
 
-def test_a_rejected_order_is_502_with_the_brokers_code_and_no_watchlist_change(api, synced, memory_broker,
-                                                                             sync_requests):
+
+def test_a_rejected_order_is_502_with_the_brokers_code_and_no_watchlist_change(
+    api, synced, memory_broker, sync_requests
+):
     version = Watchlist.objects.get(account=synced).version
     memory_broker.fail_with = OrderRejected("모의투자 장종료 입니다.", msg_cd="40580000")
 
@@ -328,8 +348,9 @@ MAYBE_SENT = [
 
 
 @pytest.mark.parametrize("error", NOT_SENT, ids=lambda error: type(error).__name__)
-def test_an_order_that_never_left_or_was_turned_away_is_not_placed(api, account, memory_broker, sync_requests,
-                                                                    error):
+def test_an_order_that_never_left_or_was_turned_away_is_not_placed(
+    api, account, memory_broker, sync_requests, error
+):
     memory_broker.fail_with = error
     response = post(api, BUY, {"qty": 1})
 
@@ -343,7 +364,8 @@ def test_an_order_that_never_left_or_was_turned_away_is_not_placed(api, account,
 
 @pytest.mark.parametrize("error", MAYBE_SENT, ids=lambda error: type(error).__name__)
 def test_an_order_that_may_have_left_is_502_state_unknown_queues_a_sync_and_is_not_retried(
-        api, account, memory_broker, sync_requests, error):
+    api, account, memory_broker, sync_requests, error
+):
     memory_broker.fail_with = error
     response = post(api, BUY, {"qty": 1})
 
@@ -356,7 +378,9 @@ def test_an_order_that_may_have_left_is_502_state_unknown_queues_a_sync_and_is_n
     assert Order.objects.get().status == "unknown"
 
 
-def test_the_order_row_exists_before_the_request_leaves(api, account, memory_broker, sync_requests, monkeypatch):
+def test_the_order_row_exists_before_the_request_leaves(
+    api, account, memory_broker, sync_requests, monkeypatch
+):
     seen: list[tuple] = []
 
     def place_order(*args, **kwargs):
@@ -370,7 +394,9 @@ def test_the_order_row_exists_before_the_request_leaves(api, account, memory_bro
     assert Order.objects.get().status == "sending"  # the trace of an order that may exist
 
 
-def test_an_order_that_cannot_be_recorded_is_not_sent(api, account, memory_broker, sync_requests, monkeypatch):
+def test_an_order_that_cannot_be_recorded_is_not_sent(
+    api, account, memory_broker, sync_requests, monkeypatch
+):
     def no_database(*args, **kwargs):
         raise OperationalError("the database is down")
 
@@ -392,12 +418,19 @@ def test_an_adapter_bug_is_treated_as_state_unknown(api, account, memory_broker,
 
 # --- Authentication endpoints ------------------------------------------------------------------
 
+
 def test_token_for_username_and_password(user, redis_client):
-    response = APIClient().post("/api/auth/token/", {"username": "trader", "password": "trader-pass-123"}, format="json")
+    response = APIClient().post(
+        "/api/auth/token/", {"username": "trader", "password": "trader-pass-123"}, format="json"
+    )
     assert response.status_code == 200
     assert set(response.json()) == {"token", "expiry"} and len(response.json()["token"]) == 64
-    no_slash = APIClient().post("/api/auth/token", {"username": "trader", "password": "trader-pass-123"}, format="json")
-    assert no_slash.status_code == 200 and no_slash.json()["token"] != response.json()["token"]  # one per client
+    no_slash = APIClient().post(
+        "/api/auth/token", {"username": "trader", "password": "trader-pass-123"}, format="json"
+    )
+    assert (
+        no_slash.status_code == 200 and no_slash.json()["token"] != response.json()["token"]
+    )  # one per client
 
 
 def test_bad_credentials_are_400_json(user, redis_client):
@@ -410,11 +443,15 @@ def test_bad_credentials_are_400_json(user, redis_client):
 def test_password_guessing_is_throttled(user, redis_client):
     client = APIClient()
     statuses = [
-        client.post("/api/auth/token/", {"username": "trader", "password": f"guess-{n}"}, format="json").status_code
+        client.post(
+            "/api/auth/token/", {"username": "trader", "password": f"guess-{n}"}, format="json"
+        ).status_code
         for n in range(21)
     ]
     assert statuses[:20] == [400] * 20 and statuses[20] == 429
-    throttled = client.post("/api/auth/token/", {"username": "trader", "password": "trader-pass-123"}, format="json")
+    throttled = client.post(
+        "/api/auth/token/", {"username": "trader", "password": "trader-pass-123"}, format="json"
+    )
     assert throttled.status_code == 429 and throttled.json()["success"] is False
 
 
@@ -428,6 +465,7 @@ def test_the_login_form_is_throttled(user, redis_client):
 
 # --- Watchlist endpoints -------------------------------------------------------------------------
 
+
 def test_watchlist_snapshot(api, synced):
     for path in ("/api/watchlist/", "/api/watchlist"):
         response = api.get(path)
@@ -439,7 +477,9 @@ def test_watchlist_snapshot(api, synced):
         assert body["sync"]["status"] == "ok"
 
 
-def test_watchlist_snapshot_picks_an_account_and_refuses_others(api, intruder_api, user, account, make_account):
+def test_watchlist_snapshot_picks_an_account_and_refuses_others(
+    api, intruder_api, user, account, make_account
+):
     second = make_account(user, cano="50999999")
     assert api.get(f"/api/watchlist/?account={second.id}").json()["account"]["id"] == second.id
     assert api.get("/api/watchlist/?account=abc").status_code == 400
@@ -504,12 +544,14 @@ def test_sync_now_during_a_running_sync_answers_holdings_changed_before_the_requ
         response = manual.result(30)
     assert response.status_code == 200, response.content
     assert {item["stock_code"]: item["quantity"] for item in response.json()["full_list"]} == {
-        "005930": 3, "000660": 7
+        "005930": 3,
+        "000660": 7,
     }
 
 
-def test_sync_now_is_503_with_retry_after_when_no_read_can_begin_in_time(api, account, memory_broker,
-                                                                       settings, redis_client):
+def test_sync_now_is_503_with_retry_after_when_no_read_can_begin_in_time(
+    api, account, memory_broker, settings, redis_client
+):
     from watchlist.jobs import request_sync
     from watchlist.locks import sync_in_progress
 
@@ -531,6 +573,7 @@ def test_a_failed_sync_now_is_502_and_recorded(api, account, memory_broker):
 
 # --- 503 -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db(transaction=True)
 def test_a_database_outage_is_503_json(user, account, memory_broker, monkeypatch, redis_client):
     from django.db import connection
@@ -543,7 +586,9 @@ def test_a_database_outage_is_503_json(user, account, memory_broker, monkeypatch
 
     trade = post(client, BUY, {"qty": 1})
     snapshot = client.get("/api/watchlist/")
-    token = APIClient().post("/api/auth/token/", {"username": "trader", "password": "trader-pass-123"}, format="json")
+    token = APIClient().post(
+        "/api/auth/token/", {"username": "trader", "password": "trader-pass-123"}, format="json"
+    )
 
     assert trade.status_code == 503
     assert assert_trade_shape(trade)["success"] is False and "database" in trade.json()["message"]
@@ -553,7 +598,9 @@ def test_a_database_outage_is_503_json(user, account, memory_broker, monkeypatch
     connection.close()
 
 
-def test_a_trade_goes_through_at_once_while_a_sync_of_its_account_runs(api, account, memory_broker, redis_client):
+def test_a_trade_goes_through_at_once_while_a_sync_of_its_account_runs(
+    api, account, memory_broker, redis_client
+):
     from watchlist.jobs import request_sync
     from watchlist.locks import sync_in_progress
 
@@ -568,7 +615,10 @@ def test_djangos_own_error_pages_are_json_under_the_api_paths(rf):
     from config.exceptions import page_not_found, server_error
 
     for path in ("/api/watchlist/", "/execute-buy/005930"):
-        for response, status in ((server_error(rf.post(path)), 500), (page_not_found(rf.get(path), None), 404)):
+        for response, status in (
+            (server_error(rf.post(path)), 500),
+            (page_not_found(rf.get(path), None), 404),
+        ):
             assert response.status_code == status and json.loads(response.content)["success"] is False
     assert server_error(rf.get("/")).headers["Content-Type"].startswith("text/html")
 
@@ -578,15 +628,27 @@ def test_djangos_own_error_pages_are_json_under_the_api_paths(rf):
 MACHINE_FIELDS = ("success", "stock_code", "qty", "broker_code")
 
 
-def test_a_trade_answer_is_korean_by_default_and_english_when_asked(user, account, memory_broker, sync_requests):
+def test_a_trade_answer_is_korean_by_default_and_english_when_asked(
+    user, account, memory_broker, sync_requests
+):
     from tests.fixtures.trade import token_client
 
     korean = post(token_client(user, accept_language=None), BUY, {"qty": 3}).json()
-    english = post(token_client(user, accept_language="en-US,en;q=0.9,ko;q=0.8"), BUY, {"qty": 3, "price": 70_000}).json()
-    explicit_korean = post(token_client(user, accept_language="ko-KR,ko;q=0.9,en;q=0.8"), SELL, {"qty": 1}).json()
+    english = post(
+        token_client(user, accept_language="en-US,en;q=0.9,ko;q=0.8"), BUY, {"qty": 3, "price": 70_000}
+    ).json()
+    explicit_korean = post(
+        token_client(user, accept_language="ko-KR,ko;q=0.9,en;q=0.8"), SELL, {"qty": 1}
+    ).json()
 
-    assert korean["message"] == f"매수 주문 3주(005930, 시장가)가 접수되었습니다 (주문번호 {korean['order_id']})."
-    assert english["message"] == f"The buy order for 3 of 005930 at 70,000 KRW was accepted (order {english['order_id']})."
+    assert (
+        korean["message"]
+        == f"매수 주문 3주(005930, 시장가)가 접수되었습니다 (주문번호 {korean['order_id']})."
+    )
+    assert (
+        english["message"]
+        == f"The buy order for 3 of 005930 at 70,000 KRW was accepted (order {english['order_id']})."
+    )
     assert explicit_korean["message"] == (
         f"매도 주문 1주(005930, 시장가)가 접수되었습니다 (주문번호 {explicit_korean['order_id']})."
     )

@@ -61,14 +61,20 @@ async def test_after_a_restart_every_socket_reconnecting_at_once_gets_its_snapsh
     try:
         async with asyncio.timeout(TIMEOUT):
             await asyncio.gather(
-                *(snapshot_over_a_new_socket(daphne_server.ws_url(), token, opened) for _ in range(RECONNECTING))
+                *(
+                    snapshot_over_a_new_socket(daphne_server.ws_url(), token, opened)
+                    for _ in range(RECONNECTING)
+                )
             )
         await asyncio.to_thread(daphne_server.restart)
         await asyncio.gather(*(socket.wait_closed() for socket in opened))
         opened.clear()
         async with asyncio.timeout(TIMEOUT):
             snapshots = await asyncio.gather(
-                *(snapshot_over_a_new_socket(daphne_server.ws_url(), token, opened) for _ in range(RECONNECTING))
+                *(
+                    snapshot_over_a_new_socket(daphne_server.ws_url(), token, opened)
+                    for _ in range(RECONNECTING)
+                )
             )
         assert all(s["type"] == "watchlist_snapshot" and s["version"] == 0 for s in snapshots)
 

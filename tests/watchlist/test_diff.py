@@ -152,7 +152,7 @@ def test_a_watchlist_item_is_a_holding_plus_pending_in_every_shape():
     from watchlist.models import WatchlistItem
     from watchlist.serializers import ItemSerializer
 
-    assert ITEM_FIELDS == (*HOLDING_FIELDS, "pending")
+    assert (*HOLDING_FIELDS, "pending") == ITEM_FIELDS
     assert set(HOLDING_FIELDS) < set(BALANCE_COLUMNS)
     stored = {f.name for f in WatchlistItem._meta.concrete_fields} - {"id", "watchlist", "updated_at"}
     assert stored == set(ITEM_FIELDS)

@@ -31,9 +31,12 @@ sync_in_progress = partial(locks.sync_in_progress, on_sync_wanted=ignore_wanted)
 
 
 def test_a_second_sync_of_an_account_is_refused_at_once_while_one_runs():
-    with sync_in_progress(ACCOUNT) as first:
-        with sync_in_progress(ACCOUNT) as second, sync_in_progress(OTHER) as other_account:
-            assert (first, second, other_account) == (True, False, True)
+    with (
+        sync_in_progress(ACCOUNT) as first,
+        sync_in_progress(ACCOUNT) as second,
+        sync_in_progress(OTHER) as other_account,
+    ):
+        assert (first, second, other_account) == (True, False, True)
     with sync_in_progress(ACCOUNT) as again:
         assert again
 

@@ -54,8 +54,8 @@ from watchlist.prices import (
     record_realtime_errors,
     store_prices,
 )
-from watchlist.trades import place_trade
 from watchlist.templatetags import watchlist_format
+from watchlist.trades import place_trade
 
 from .broadcasts import GroupListener
 

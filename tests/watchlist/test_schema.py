@@ -32,8 +32,12 @@ pytestmark = pytest.mark.django_db
 
 SWAGGER_BUNDLE = "drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js"
 TRADE_STATUSES = {"200", "400", "401", "403", "404", "409", "429", "502", "503"}
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def test_the_schema_is_openapi_3_and_describes_every_endpoint():
@@ -51,8 +55,13 @@ def test_the_schema_is_openapi_3_and_describes_every_endpoint():
         assert parameters["stock_code"]["schema"]["pattern"] == "^[0-9A-Z]{6}$"
         body = schema["components"]["schemas"]["TradeRequest"]
         assert body["required"] == ["qty"]
-        assert (body["properties"]["qty"]["minimum"], body["properties"]["qty"]["maximum"]) == (1, MAX_ORDER_QTY)
-    assert {"/api/auth/token/", "/api/auth/token/revoke/", "/api/watchlist/", "/api/watchlist/sync/"} <= set(paths)
+        assert (body["properties"]["qty"]["minimum"], body["properties"]["qty"]["maximum"]) == (
+            1,
+            MAX_ORDER_QTY,
+        )
+    assert {"/api/auth/token/", "/api/auth/token/revoke/", "/api/watchlist/", "/api/watchlist/sync/"} <= set(
+        paths
+    )
     assert {"429", "502"} <= set(paths["/api/watchlist/sync/"]["post"]["responses"])
 
 
@@ -97,6 +106,7 @@ def test_the_docs_page_works_in_a_browser_without_the_internet(live_server):
 
 # --- generated input ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def token(user, account, memory_broker, sync_requests) -> str:
     memory_broker.set_holdings({"005930": 100})
@@ -121,24 +131,34 @@ def wsgi_on_test_connection(db):
 
 @schema.parametrize()
 @FUZZ
-def test_generated_requests_never_get_a_server_error_and_match_the_schema(case, token, wsgi_on_test_connection,
-                                                                          redis_client):
+def test_generated_requests_never_get_a_server_error_and_match_the_schema(
+    case, token, wsgi_on_test_connection, redis_client
+):
     response = case.call(headers={"Authorization": f"Token {token}"})
     case.validate_response(
         response,
-        checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
+        checks=[
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        ],
     )
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=8,
 )
 # Valid requests often enough (2 branches in 4) to get past validation to the service and the broker.
 valid_codes = st.sampled_from(["005930", "000660", "0088M0"])
 codes = st.one_of(valid_codes, valid_codes, st.text(max_size=10))
-valid_bodies = st.fixed_dictionaries({"qty": st.integers(1, 50)}, optional={"price": st.integers(1, MAX_ORDER_PRICE)})
+valid_bodies = st.fixed_dictionaries(
+    {"qty": st.integers(1, 50)}, optional={"price": st.integers(1, MAX_ORDER_PRICE)}
+)
 trade_bodies = st.one_of(
     valid_bodies,
     valid_bodies,

@@ -1,5 +1,6 @@
 """The sync and trade events against the KIS simulator over real HTTP, through the real KIS adapter."""
 
+import contextlib
 from datetime import timedelta
 
 import pytest
@@ -41,7 +42,7 @@ def items(account) -> dict[str, tuple[int, bool]]:
 
 
 def sync(run, account, *, after=timedelta(0)):
-    clock = lambda: timezone.now() + after  # noqa: E731
+    clock = lambda: timezone.now() + after
     return run(WatchlistService(account, clock=clock).sync_with_account)
 
 
@@ -107,11 +108,8 @@ def test_broker_faults_back_off_30_60_120_120_keep_the_watchlist_and_a_success_r
     simulator, sim_account, django_capture_on_commit_callbacks
 ):
     def attempt() -> float:
-        with django_capture_on_commit_callbacks(execute=True):
-            try:
-                sync_and_record(sim_account)
-            except BrokerUnavailable:
-                pass
+        with django_capture_on_commit_callbacks(execute=True), contextlib.suppress(BrokerUnavailable):
+            sync_and_record(sim_account)
         state = SyncState.objects.get(account=sim_account)
         return (state.next_attempt_at - state.last_attempt_at).total_seconds()
 

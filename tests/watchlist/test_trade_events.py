@@ -38,7 +38,7 @@ def trade(run, account, broker, code, side, qty, price=None):
 
 
 def sync(run, account, broker, *, after=timedelta(0)):
-    clock = lambda: timezone.now() + after  # noqa: E731
+    clock = lambda: timezone.now() + after
     return run(WatchlistService(account, broker, clock=clock).sync_with_account)
 
 
@@ -220,6 +220,7 @@ def test_a_trade_event_validates_its_input(account, broker):
 
 # --- fill notices and new rows --------------------------------------------------------------------
 
+
 def test_a_fill_notice_confirms_a_buy_with_its_price_and_no_balance_read(account, broker, run, redis_client):
     from watchlist.trades import apply_fill_notice
 
@@ -227,8 +228,17 @@ def test_a_fill_notice_confirms_a_buy_with_its_price_and_no_balance_read(account
     sync(run, account, broker)
     reads_before = broker.balance_calls
     order_id = broker.place_order("005930", "buy", 4, 70_000)
-    run(WatchlistService(account, broker).handle_trade_event, "005930", "buy", 4, order_id=order_id, price=70_000)
-    run(apply_fill_notice, account.id, order_no=order_id, side="buy", stock_code="005930", qty=4, price=69_500)
+    run(
+        WatchlistService(account, broker).handle_trade_event,
+        "005930",
+        "buy",
+        4,
+        order_id=order_id,
+        price=70_000,
+    )
+    run(
+        apply_fill_notice, account.id, order_no=order_id, side="buy", stock_code="005930", qty=4, price=69_500
+    )
 
     item = WatchlistItem.objects.get(watchlist__account=account, stock_code="005930")
     assert (item.quantity, item.pending, item.avg_price, item.current_price) == (4, False, 69_500, 69_500)
@@ -269,8 +279,15 @@ def test_a_fill_notice_that_comes_before_its_trade_is_applied_confirms_it_once_a
     service = WatchlistService(account, broker)
     intent = service.register_order("005930", "buy", 2)  # as the trade does before the order leaves
     order_id = broker.place_order("005930", "buy", 2)
-    run(trades.apply_fill_notice, account.id, order_no=order_id, side="buy", stock_code="005930", qty=2,
-        price=70_100)
+    run(
+        trades.apply_fill_notice,
+        account.id,
+        order_no=order_id,
+        side="buy",
+        stock_code="005930",
+        qty=2,
+        price=70_100,
+    )
     assert not items(account)
 
     accepted = OrderResult(TradeOutcome.ACCEPTED, "accepted", order_no=order_id)

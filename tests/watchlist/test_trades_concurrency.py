@@ -47,8 +47,9 @@ def test_a_sync_during_a_trade_cannot_count_its_fill_twice(user, account, memory
 
     def buy():
         try:
-            return token_client(user).post("/execute-buy/005930", data=json.dumps({"qty": 5}),
-                                            content_type="application/json")
+            return token_client(user).post(
+                "/execute-buy/005930", data=json.dumps({"qty": 5}), content_type="application/json"
+            )
         finally:
             connection.close()
 
@@ -61,7 +62,9 @@ def test_a_sync_during_a_trade_cannot_count_its_fill_twice(user, account, memory
 
     assert not during.skipped and not during.changes  # it read, saw the fill and left the code alone
     sync_and_record(account, memory_broker)
-    assert {i.stock_code: (i.quantity, i.pending) for i in WatchlistItem.objects.all()} == {"005930": (15, False)}
+    assert {i.stock_code: (i.quantity, i.pending) for i in WatchlistItem.objects.all()} == {
+        "005930": (15, False)
+    }
 
 
 def test_with_a_tiny_lock_timeout_and_a_slow_broker_a_fill_is_never_counted_twice(
@@ -90,8 +93,9 @@ def test_with_a_tiny_lock_timeout_and_a_slow_broker_a_fill_is_never_counted_twic
 
     def buy():
         try:
-            return token_client(user).post("/execute-buy/005930", data=json.dumps({"qty": 5}),
-                                            content_type="application/json")
+            return token_client(user).post(
+                "/execute-buy/005930", data=json.dumps({"qty": 5}), content_type="application/json"
+            )
         finally:
             connection.close()
 
@@ -103,10 +107,14 @@ def test_with_a_tiny_lock_timeout_and_a_slow_broker_a_fill_is_never_counted_twic
     memory_broker.get_acct_balance = read
     assert {i.stock_code: i.quantity for i in WatchlistItem.objects.all()} == {"005930": 15}
     sync_and_record(account, memory_broker)
-    assert {i.stock_code: (i.quantity, i.pending) for i in WatchlistItem.objects.all()} == {"005930": (15, False)}
+    assert {i.stock_code: (i.quantity, i.pending) for i in WatchlistItem.objects.all()} == {
+        "005930": (15, False)
+    }
 
 
-def test_an_order_given_up_by_a_read_is_not_applied_late(user, account, memory_broker, sync_requests, settings):
+def test_an_order_given_up_by_a_read_is_not_applied_late(
+    user, account, memory_broker, sync_requests, settings
+):
     """Past WATCHLIST_ORDER_DEADLINE a read settles the code of a registered order (its trade may have
     died); the trade, alive after all, finds its registration given up and only asks for a sync."""
     settings.WATCHLIST_ORDER_DEADLINE = 0
@@ -125,8 +133,9 @@ def test_an_order_given_up_by_a_read_is_not_applied_late(user, account, memory_b
 
     def buy():
         try:
-            return token_client(user).post("/execute-buy/005930", data=json.dumps({"qty": 5}),
-                                            content_type="application/json")
+            return token_client(user).post(
+                "/execute-buy/005930", data=json.dumps({"qty": 5}), content_type="application/json"
+            )
         finally:
             connection.close()
 
@@ -146,7 +155,9 @@ def test_20_concurrent_trades_and_syncs_end_in_the_accounts_state_with_gapless_v
     """Afterwards one sync brings the watchlist to exactly the simulator's holdings, and the change log
     holds every version from 1 to the current one exactly once."""
     simulator.set_prices_moving(False)
-    simulator.set_holdings(DEMO_CANO, [{"stock_code": code, "quantity": 20, "avg_price": 50_000} for code in CODES])
+    simulator.set_holdings(
+        DEMO_CANO, [{"stock_code": code, "quantity": 20, "avg_price": 50_000} for code in CODES]
+    )
     sync_and_record(sim_account)
     rng = random.Random(5)
     trades = [(rng.choice(["buy", "sell"]), rng.choice(CODES), rng.randint(1, 8)) for _ in range(TRADES)]
@@ -188,11 +199,17 @@ def test_20_concurrent_trades_and_syncs_end_in_the_accounts_state_with_gapless_v
     sync_and_record(sim_account)
 
     holdings = {h["stock_code"]: h["quantity"] for h in simulator.account(DEMO_CANO)["holdings"]}
-    watchlist = {i.stock_code: (i.quantity, i.pending) for i in WatchlistItem.objects.filter(watchlist__account=sim_account)}
+    watchlist = {
+        i.stock_code: (i.quantity, i.pending)
+        for i in WatchlistItem.objects.filter(watchlist__account=sim_account)
+    }
     assert watchlist == {code: (quantity, False) for code, quantity in holdings.items()}
     version = Watchlist.objects.get(account=sim_account).version
-    versions = list(WatchlistChange.objects.filter(watchlist__account=sim_account).order_by("version")
-                    .values_list("version", flat=True))
+    versions = list(
+        WatchlistChange.objects.filter(watchlist__account=sim_account)
+        .order_by("version")
+        .values_list("version", flat=True)
+    )
     assert versions == list(range(1, version + 1))
     reported = [r.json()["watchlist_version"] for r in responses if r.status_code == 200]
     assert len(set(reported)) == len(reported) and max(reported) <= version

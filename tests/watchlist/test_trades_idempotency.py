@@ -27,8 +27,12 @@ WAIT = 30  # seconds: generous bounds for a shared, noisy machine; never an expe
 
 
 def post_buy(client, key: str, qty: int = 1):
-    return client.post("/execute-buy/005930", data=json.dumps({"qty": qty}), content_type="application/json",
-                       HTTP_IDEMPOTENCY_KEY=key)
+    return client.post(
+        "/execute-buy/005930",
+        data=json.dumps({"qty": qty}),
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY=key,
+    )
 
 
 def in_threads(*calls):
@@ -71,8 +75,12 @@ def test_a_request_arriving_while_the_first_is_in_flight_waits_and_gets_its_answ
     client = token_client(user)
 
     def buy(account_id):
-        return client.post("/execute-buy/005930", data=json.dumps({"qty": 1, "account": account_id}),
-                           content_type="application/json", HTTP_IDEMPOTENCY_KEY="same-moment")
+        return client.post(
+            "/execute-buy/005930",
+            data=json.dumps({"qty": 1, "account": account_id}),
+            content_type="application/json",
+            HTTP_IDEMPOTENCY_KEY="same-moment",
+        )
 
     first, second = in_threads(lambda: buy(account.id), lambda: buy(second_account.id))
 
@@ -82,8 +90,9 @@ def test_a_request_arriving_while_the_first_is_in_flight_waits_and_gets_its_answ
     assert IdempotencyKey.objects.get().result["order_id"] == first.json()["order_id"]
 
 
-def test_requests_with_one_key_on_one_account_at_the_same_moment_place_one_order(user, account, memory_broker,
-                                                                                  sync_requests):
+def test_requests_with_one_key_on_one_account_at_the_same_moment_place_one_order(
+    user, account, memory_broker, sync_requests
+):
     clients = [token_client(user) for _ in range(3)]
     responses = in_threads(*(lambda client=client: post_buy(client, "same-account") for client in clients))
     assert {r.status_code for r in responses} == {200}
@@ -104,11 +113,13 @@ def test_two_requests_with_one_key_at_the_same_moment_place_one_order_on_the_sim
     assert order["order_no"] == responses[0].json()["order_id"]
 
 
-def test_the_same_key_from_two_users_is_two_orders(user, other_user, make_account, account, memory_broker,
-                                                   sync_requests):
+def test_the_same_key_from_two_users_is_two_orders(
+    user, other_user, make_account, account, memory_broker, sync_requests
+):
     make_account(other_user, cano="50222222")
-    first, second = in_threads(lambda: post_buy(token_client(user), "shared"),
-                               lambda: post_buy(token_client(other_user), "shared"))
+    first, second = in_threads(
+        lambda: post_buy(token_client(user), "shared"), lambda: post_buy(token_client(other_user), "shared")
+    )
     assert first.status_code == second.status_code == 200
     assert first.json()["order_id"] != second.json()["order_id"]
     assert len(memory_broker.orders) == 2
@@ -124,8 +135,9 @@ def test_a_key_expires_after_24_hours(api, account, memory_broker, sync_requests
     assert len(memory_broker.orders) == 2 and IdempotencyKey.objects.count() == 1
 
 
-def test_a_key_whose_request_never_finished_is_refused_not_placed_again(user, api, account, memory_broker,
-                                                                        sync_requests):
+def test_a_key_whose_request_never_finished_is_refused_not_placed_again(
+    user, api, account, memory_broker, sync_requests
+):
     IdempotencyKey.objects.create(user=user, key="crashed")
     IdempotencyKey.objects.update(created_at=timezone.now() - services.IDEMPOTENCY_WAIT)
 

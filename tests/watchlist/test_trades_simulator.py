@@ -25,7 +25,10 @@ def post(client, path, body, **extra):
 
 
 def items(account) -> dict[str, tuple[int, bool]]:
-    return {i.stock_code: (i.quantity, i.pending) for i in WatchlistItem.objects.filter(watchlist__account=account)}
+    return {
+        i.stock_code: (i.quantity, i.pending)
+        for i in WatchlistItem.objects.filter(watchlist__account=account)
+    }
 
 
 def version(account) -> int:
@@ -53,7 +56,12 @@ def test_new_buy_is_added_pending_then_confirmed_by_the_sync(api, simulator, hol
     assert response.status_code == 200, response.content
     body = response.json()
     [order] = simulator.orders(DEMO_CANO)
-    assert (order["order_no"], order["stock_code"], order["side"], order["qty"]) == (body["order_id"], "035420", "buy", 3)
+    assert (order["order_no"], order["stock_code"], order["side"], order["qty"]) == (
+        body["order_id"],
+        "035420",
+        "buy",
+        3,
+    )
     assert items(sim_account)["035420"] == (3, True)
     assert body["watchlist_version"] == version(sim_account)
     assert sync_requests == [sim_account.id]
@@ -78,8 +86,9 @@ def test_partial_sell_updates_the_quantity(api, simulator, holding, sync_request
     assert items(holding) == {"005930": (6, False)} and simulator_holdings(simulator) == {"005930": 6}
 
 
-def test_a_limit_buy_that_does_not_fill_is_reverted_after_the_grace_period(api, simulator, holding, settings,
-                                                                           sync_requests):
+def test_a_limit_buy_that_does_not_fill_is_reverted_after_the_grace_period(
+    api, simulator, holding, settings, sync_requests
+):
     simulator.set_prices_moving(False)
     simulator.set_price("035720", 50_000)
     assert post(api, "/execute-buy/035720", {"qty": 2, "price": 45_000}).status_code == 200
@@ -106,7 +115,9 @@ def test_the_simulators_orderable_quantity_refusal_is_409(api, simulator, sim_ac
     assert items(sim_account) == {}
 
 
-def test_a_rejected_order_is_502_with_the_brokers_code_and_changes_nothing(api, simulator, holding, sync_requests):
+def test_a_rejected_order_is_502_with_the_brokers_code_and_changes_nothing(
+    api, simulator, holding, sync_requests
+):
     simulator.set_market_open(False)
     before = version(holding)
 
@@ -134,7 +145,9 @@ def test_broker_faults_are_502_and_the_order_is_sent_once(api, simulator, holdin
     assert items(holding) == {"005930": (10, False)}
 
 
-def test_a_timeout_is_502_state_unknown_syncs_and_never_retries(api, simulator, holding, settings, sync_requests):
+def test_a_timeout_is_502_state_unknown_syncs_and_never_retries(
+    api, simulator, holding, settings, sync_requests
+):
     settings.KIS_TIMEOUT = 1
     simulator.inject_fault("timeout", 1, delay=3)
 

@@ -87,7 +87,9 @@ async def _check_realtime(account, timeout: float) -> list[Step]:
     steps: list[Step] = []
     async with httpx.AsyncClient(timeout=timeout) as http:
         try:
-            approval_key = await issue_approval_key(http, account.base_url, account.app_key, account.app_secret)
+            approval_key = await issue_approval_key(
+                http, account.base_url, account.app_key, account.app_secret
+            )
         except BrokerError as error:
             return [Step("real-time approval key", False, plain_reason(error))]
     steps.append(Step("real-time approval key", True))
@@ -96,14 +98,18 @@ async def _check_realtime(account, timeout: float) -> list[Step]:
         async with websockets.connect(url, open_timeout=timeout, logger=wire_logger) as ws:
             wanted = [("real-time prices of " + PROBE_STOCK, Registration(PRICE_TR, PROBE_STOCK))]
             if account.hts_id:
-                wanted.append(("fill-notice registration", Registration(fill_tr(account.is_paper), account.hts_id)))
+                wanted.append(
+                    ("fill-notice registration", Registration(fill_tr(account.is_paper), account.hts_id))
+                )
             for name, registration in wanted:
                 try:
                     failure = await _register_and_leave(ws, approval_key, registration, timeout)
                 except websockets.ConnectionClosed:
                     failure = (
                         "the server dropped the session after the fill-notice registration: the HTS id is "
-                        "probably wrong" if registration.tr_id != PRICE_TR else "the server dropped the session"
+                        "probably wrong"
+                        if registration.tr_id != PRICE_TR
+                        else "the server dropped the session"
                     )
                 steps.append(Step(name, failure is None, failure or ""))
                 if failure:

@@ -57,8 +57,9 @@ def balance_frame(rows: list[dict]) -> pd.DataFrame:
     """Build a typed balance DataFrame from dicts holding (at least) BALANCE_COLUMNS keys."""
     # Column by column, each typed as it is built: every sync builds one, and this is the cheapest
     # way measured (docs/PERFORMANCE.md, "Sync throughput").
-    return pd.DataFrame({name: pd.array([row[name] for row in rows], dtype=dtype)
-                         for name, dtype in BALANCE_COLUMNS.items()})
+    return pd.DataFrame(
+        {name: pd.array([row[name] for row in rows], dtype=dtype) for name, dtype in BALANCE_COLUMNS.items()}
+    )
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Quote:
 
 
 # --- Errors -------------------------------------------------------------------------------
+
 
 class BrokerError(Exception):
     """Base of every broker failure. `retryable` says whether a read may be tried again."""
@@ -187,6 +189,7 @@ class BadBrokerResponse(BrokerError):
 
 # --- Input validation (before any call leaves the process) --------------------------------
 
+
 class InvalidOrder(ValueError):
     """Bad order input; `errors` maps each bad field to its message."""
 
@@ -237,6 +240,7 @@ def validate_order(stock_code: object, side: object, qty: object, price: object 
 
 
 # --- The interface --------------------------------------------------------------------------
+
 
 class Broker(Protocol):
     def get_acct_balance(self) -> pd.DataFrame:

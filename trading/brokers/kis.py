@@ -36,7 +36,6 @@ import pandas as pd
 from django.conf import settings
 from django.core.cache import cache
 
-from .metrics import RATE_LIMIT_WAIT, counts_broker_calls
 from ..redis import redis_client
 from . import call_budget
 from .base import (
@@ -66,6 +65,7 @@ from .base import (
     stock_code_error,
     validate_order,
 )
+from .metrics import RATE_LIMIT_WAIT, counts_broker_calls
 
 if TYPE_CHECKING:
     from trading.models import BrokerAccount
@@ -268,6 +268,7 @@ def connection_failure(error: httpx.HTTPError) -> str:
     reason = re.sub(r"^\[Errno -?\d+\]\s*", "", str(error)).strip()
     return reason.lower() if reason else type(error).__name__
 
+
 def totals_of(body: dict) -> dict[str, int] | None:
     """The account's totals from the last balance page's output2 (None when it has none readable):
     they are extra information, so a missing or malformed one never fails a sync."""
@@ -349,7 +350,10 @@ class SharedToken:
         if record is None and (record := _process_tokens.get(self.key_id)) is not None:
             if record["expires_at"] <= time.time():
                 return None
-            logger.info("the shared KIS token of app key %s was gone from Redis: put back from the process", self.key_id)
+            logger.info(
+                "the shared KIS token of app key %s was gone from Redis: put back from the process",
+                self.key_id,
+            )
             self._store(record)
         return record
 
@@ -402,7 +406,9 @@ class SharedToken:
             record = issue()
         except TokenIssueLimited:
             # KIS's own rule, whatever our pacing setting says: asking again sooner is refused again.
-            cache.set(self.issued_key, True, timeout=max(settings.KIS_TOKEN_MIN_INTERVAL, TOKEN_ISSUE_REFUSED_HOLD))
+            cache.set(
+                self.issued_key, True, timeout=max(settings.KIS_TOKEN_MIN_INTERVAL, TOKEN_ISSUE_REFUSED_HOLD)
+            )
             raise
         cache.set(self.issued_key, True, timeout=settings.KIS_TOKEN_MIN_INTERVAL)
         self._store(record)
@@ -445,17 +451,24 @@ class KoreaInvestService:
                 if error.msg_cd != DATA_CHANGED:
                     raise
                 # The pages read so far describe another moment than the ones to come: all or nothing.
-                logger.warning("the balance of %s changed while it was read (read %d of %d); reading again",
-                               self.label, attempt, BALANCE_RESTARTS + 1)
+                logger.warning(
+                    "the balance of %s changed while it was read (read %d of %d); reading again",
+                    self.label,
+                    attempt,
+                    BALANCE_RESTARTS + 1,
+                )
                 continue
             try:
                 frame = balance_frame(one_row_per_stock(positions))
             except OverflowError:
-                raise BadBrokerResponse(f"the balance of {self.label} adds up beyond 64-bit numbers") from None
+                raise BadBrokerResponse(
+                    f"the balance of {self.label} adds up beyond 64-bit numbers"
+                ) from None
             frame.attrs["totals"] = totals_of(pages[-1])
             return frame
         raise BalanceChangedWhileRead(
-            f"the balance of {self.label} changed during each of {BALANCE_RESTARTS + 1} reads", msg_cd=DATA_CHANGED
+            f"the balance of {self.label} changed during each of {BALANCE_RESTARTS + 1} reads",
+            msg_cd=DATA_CHANGED,
         )
 
     def count_first_balance_page(self) -> int:
@@ -640,7 +653,12 @@ class KoreaInvestService:
                 headers=headers,
                 timeout=settings.KIS_TIMEOUT,
             )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as error:
+        except (
+            httpx.ConnectError,
+            httpx.ConnectTimeout,
+            httpx.PoolTimeout,
+            httpx.UnsupportedProtocol,
+        ) as error:
             # No connection was made or none was free: not a byte of the request left.
             raise BrokerUnreachable(
                 f"cannot connect to {self.host} for {tr_id} ({connection_failure(error)})"
@@ -690,7 +708,9 @@ class KoreaInvestService:
         except httpx.TimeoutException:
             raise BrokerTimeout(f"KIS did not answer tokenP within {settings.KIS_TIMEOUT:g}s") from None
         except httpx.HTTPError as error:
-            raise BrokerUnavailable(f"cannot connect to {self.host} for tokenP ({connection_failure(error)})") from None
+            raise BrokerUnavailable(
+                f"cannot connect to {self.host} for tokenP ({connection_failure(error)})"
+            ) from None
         answer = json_object(response, "tokenP")
         token = answer.get("access_token")
         if response.is_success and isinstance(token, str) and token:

@@ -31,12 +31,16 @@ class MemoryBroker:
     _order_numbers: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def set_holdings(self, holdings: dict[str, tuple[int, float]] | dict[str, int], prices: dict[str, int] | None = None) -> None:
+    def set_holdings(
+        self, holdings: dict[str, tuple[int, float]] | dict[str, int], prices: dict[str, int] | None = None
+    ) -> None:
         prices = prices or {}
         self.positions = {}
         for code, spec in holdings.items():
             quantity, avg = spec if isinstance(spec, tuple) else (spec, 10_000.0)
-            self.positions[code] = MemoryPosition(f"종목{code}", quantity, float(avg), prices.get(code, int(avg)))
+            self.positions[code] = MemoryPosition(
+                f"종목{code}", quantity, float(avg), prices.get(code, int(avg))
+            )
 
     def read_turn(self, priority: Callable[[], int]) -> AbstractContextManager[None]:
         return nullcontext()  # no call budget
@@ -59,7 +63,7 @@ class MemoryBroker:
                         "avg_price": pos.avg_price,
                         "current_price": pos.current_price,
                         "eval_amount": eval_amount,
-                        "pnl": int(round(eval_amount - cost)),
+                        "pnl": round(eval_amount - cost),
                         "pnl_rate": round((eval_amount - cost) / cost * 100, 2) if cost else 0.0,
                     }
                 )
@@ -74,7 +78,9 @@ class MemoryBroker:
             if side == "sell" and (held is None or held.quantity < qty):
                 raise OrderRejected("주문가능수량을 초과하였습니다.", msg_cd="APBK0400")
             order_no = f"{next(self._order_numbers):010d}"
-            self.orders.append({"order_no": order_no, "stock_code": stock_code, "side": side, "qty": qty, "price": price})
+            self.orders.append(
+                {"order_no": order_no, "stock_code": stock_code, "side": side, "qty": qty, "price": price}
+            )
             if self.fill_orders:
                 self._fill(stock_code, side, qty, price)
             return order_no
@@ -84,7 +90,9 @@ class MemoryBroker:
         fill_price = price or (held.current_price if held else 10_000)
         if side == "buy":
             if held is None:
-                self.positions[stock_code] = MemoryPosition(f"종목{stock_code}", qty, float(fill_price), fill_price)
+                self.positions[stock_code] = MemoryPosition(
+                    f"종목{stock_code}", qty, float(fill_price), fill_price
+                )
             else:
                 total = held.quantity + qty
                 held.avg_price = (held.avg_price * held.quantity + fill_price * qty) / total

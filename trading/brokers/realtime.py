@@ -400,8 +400,9 @@ async def issue_approval_key(http: httpx.AsyncClient, base_url: str, app_key: st
         body = {}
     if not body.get("approval_key"):
         code = body.get("msg_cd") or body.get("error_code") or ""
-        raise AuthenticationFailed(f"no approval key issued ({code or f'HTTP {response.status_code}'})",
-                                   msg_cd=str(code))
+        raise AuthenticationFailed(
+            f"no approval key issued ({code or f'HTTP {response.status_code}'})", msg_cd=str(code)
+        )
     return body["approval_key"]
 
 

@@ -31,7 +31,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--user", required=True, help="the owner's username")
         parser.add_argument("--cano", required=True, help="the account number's first 8 digits (CANO)")
-        parser.add_argument("--product", required=True, help="the account product code, 2 digits (01: stocks)")
+        parser.add_argument(
+            "--product", required=True, help="the account product code, 2 digits (01: stocks)"
+        )
         parser.add_argument("--environment", required=True, choices=BrokerAccount.Environment.values)
         parser.add_argument("--base-url", help="default: the environment's KIS host")
         parser.add_argument("--hts-id", default="", help="the HTS id, the key of real-time fill notices")
@@ -65,14 +67,22 @@ class Command(BaseCommand):
         except ValidationError as error:
             raise refuse(describe(error)) from None
         account.save()
-        self.stdout.write(f"created account {account.number} ({environment}, {base_url}) for {owner.username}")
+        self.stdout.write(
+            f"created account {account.number} ({environment}, {base_url}) for {owner.username}"
+        )
         self.stdout.write(str(account.pk))
 
 
 def describe(error: ValidationError) -> str:
     """A model's validation errors on one line, named by the options that set them."""
-    options = {"account_number": "--cano", "product_code": "--product", "hts_id": "--hts-id",
-               "display_name": "--name", "base_url": "--base-url", "__all__": "account"}
+    options = {
+        "account_number": "--cano",
+        "product_code": "--product",
+        "hts_id": "--hts-id",
+        "display_name": "--name",
+        "base_url": "--base-url",
+        "__all__": "account",
+    }
     return "; ".join(
         f"{options.get(field, field)}: {' '.join(messages)}" for field, messages in error.message_dict.items()
     )

@@ -22,8 +22,9 @@ class Command(BaseCommand):
             account = BrokerAccount.objects.get(pk=account_id)
         except BrokerAccount.DoesNotExist:
             raise CommandError(f"there is no broker account {account_id}", returncode=2) from None
-        self.stdout.write(f"checking account {account.pk}, {account.number} ({account.environment}) "
-                          f"at {account.base_url}")
+        self.stdout.write(
+            f"checking account {account.pk}, {account.number} ({account.environment}) at {account.base_url}"
+        )
         failed = False
         for step in check_account(account):
             outcome = "ok" + (f" ({step.detail})" if step.detail else "") if step.ok else step.detail

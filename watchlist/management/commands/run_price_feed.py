@@ -1,6 +1,7 @@
 """`manage.py run_price_feed`: the long-running live price feed (see watchlist/prices.py)."""
 
 import asyncio
+import contextlib
 import signal
 
 from django.core.management.base import BaseCommand
@@ -15,10 +16,8 @@ async def run_until_stopped(feed: PriceFeed) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, task.cancel)
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
 
 
 class Command(BaseCommand):
