@@ -520,6 +520,7 @@ class PriceFeed:
                     stock_code=notice.stock_code,
                     qty=notice.qty,
                     price=notice.price,
+                    name=notice.name,
                 )
             )
             self._fill_syncs.add(task)

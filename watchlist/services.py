@@ -422,10 +422,11 @@ class WatchlistService:
         return version, changes
 
     def confirm_fill(
-        self, order_id: str, stock_code: str, trade_type: Side, qty: int, price: int
+        self, order_id: str, stock_code: str, trade_type: Side, qty: int, price: int, name: str = ""
     ) -> int | None:
-        """A fill notice of an applied order: its quantity and price settle the item without a read.
-        Returns the watchlist version after it.
+        """A fill notice of an applied order: its quantity and price settle the item without a read,
+        and its stock name names a new buy's row that had only its code. Returns the watchlist version
+        after it.
 
         None when no applied intent has that order number (the trade has not applied it yet, or the
         order is not one of this app's)."""
@@ -450,6 +451,8 @@ class WatchlistService:
             target = dict(stored)
             if item is not None:
                 target[stock_code] = filled_item(stored[stock_code], intent, qty, price)
+                if name and item.name == stock_code:
+                    target[stock_code] = replace(target[stock_code], name=name)
             changes = diff_items(stored, target)
             version = self._save_changes(
                 watchlist,

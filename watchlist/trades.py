@@ -9,6 +9,7 @@ its code (docs/ARCHITECTURE.md, "Consistency").
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import suppress
 from dataclasses import asdict, dataclass
@@ -185,8 +186,10 @@ def _apply_accepted_order(
         if version is not None and (
             early := redis_client().getdel(_early_fill_key(account.id, order.order_no))
         ):
-            fill_qty, fill_price = map(int, early.split(b":"))
-            version = service.confirm_fill(order.order_no, stock_code, side, fill_qty, fill_price) or version
+            fill_qty, fill_price, name = json.loads(early)
+            version = (
+                service.confirm_fill(order.order_no, stock_code, side, fill_qty, fill_price, name) or version
+            )
     except Exception:
         logger.exception(
             "accepted order_no=%s account=%s stock=%s not applied to the watchlist",
@@ -216,16 +219,16 @@ def _early_fill_key(account_id: int, order_no: str) -> str:
 
 
 def apply_fill_notice(
-    account_id: int, *, order_no: str, side: Side, stock_code: str, qty: int, price: int
+    account_id: int, *, order_no: str, side: Side, stock_code: str, qty: int, price: int, name: str = ""
 ) -> None:
-    """A fill notice from the real-time feed confirms its order's change by itself. One that arrives
-    before its trade applied the change waits for it; one of an order this app did not place (an
-    HTS order) asks for a read."""
+    """A fill notice from the real-time feed confirms its order's change by itself (and names the stock
+    of a new buy's row). One that arrives before its trade applied the change waits for it; one of an
+    order this app did not place (an HTS order) asks for a read."""
     account = BrokerAccount.objects.filter(pk=account_id).first()
     if account is None:
         return
     service = WatchlistService(account)
-    if service.confirm_fill(order_no, stock_code, side, qty, price) is not None:
+    if service.confirm_fill(order_no, stock_code, side, qty, price, name) is not None:
         return
     in_flight = PendingTrade.objects.filter(
         watchlist__account=account,
@@ -236,11 +239,12 @@ def apply_fill_notice(
     )
     if in_flight.exists():
         key = _early_fill_key(account.id, order_no)
-        redis_client().set(key, f"{qty}:{price}", ex=EARLY_FILL_TTL)  # the trade picks it up once applied
+        # The trade picks it up once applied.
+        redis_client().set(key, json.dumps([qty, price, name]), ex=EARLY_FILL_TTL)
         applied = PendingTrade.objects.filter(watchlist__account=account, order_id=order_no).exists()
         # Applied and looked before the notice was left: confirm here (getdel: only one of the two does).
         if applied and redis_client().getdel(key):
-            service.confirm_fill(order_no, stock_code, side, qty, price)
+            service.confirm_fill(order_no, stock_code, side, qty, price, name)
         return
     logger.info(
         "fill notice account=%s order=%s of no order of this app: reading the account", account.id, order_no

@@ -175,6 +175,7 @@ def test_fill_notices_of_23_26_and_more_fields_parse_alike_by_name():
     longer = [*fields, "X", "Y"]  # a field KIS may add at the end one day
     notices = [parse_fill_notice(record) for record in (fields, older, longer)]
     assert notices[0] == notices[1] == notices[2]
+    assert notices[0].name == "삼성전자"  # CNTG_ISNM40, where each layout has it
     [a, b] = split_records("^".join(older + older), 2)  # two 23-field records in one frame
     assert parse_fill_notice(a) == parse_fill_notice(b) == notices[0]
 
@@ -395,6 +396,7 @@ def buy_on_the_simulator(simulator, code: str, qty: int) -> str:
                 "ORD_DVSN": "01",
                 "ORD_QTY": str(qty),
                 "ORD_UNPR": "0",
+                "EXCG_ID_DVSN_CD": "KRX",
             },
             headers={
                 "authorization": f"Bearer {token}",

@@ -397,6 +397,8 @@ def test_a_market_buy_fill_notice_is_decrypted_and_confirms_the_pending_item(
         )
     )
     wait_until(lambda: pending(sim_user_account, "000660") is False)  # the periodic sync is 30 s away
+    item = WatchlistItem.objects.get(watchlist__account=sim_user_account, stock_code="000660")
+    assert item.name == "SK하이닉스"  # from the notice (CNTG_ISNM40): the app held no 000660 before
 
 
 def test_a_limit_buy_that_fills_later_is_confirmed_by_its_fill_notice(

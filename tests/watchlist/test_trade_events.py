@@ -269,6 +269,32 @@ def test_a_new_buys_row_has_the_name_and_last_price_the_app_knows(account, broke
     assert (item.name, item.current_price, item.eval_amount) == ("종목005930", 71_000, 142_000)
 
 
+def test_a_new_buy_of_a_stock_the_app_never_saw_is_named_and_priced_by_its_fill_notice(
+    account, broker, run, redis_client
+):
+    from watchlist.trades import apply_fill_notice
+
+    sync(run, account, broker)
+    trade(run, account, broker, "123450", "buy", 3)
+    order_id = broker.orders[-1]["order_no"]
+    item = WatchlistItem.objects.get(watchlist__account=account, stock_code="123450")
+    assert (item.name, item.current_price, item.pending) == ("123450", 0, True)  # all the app knows yet
+
+    run(
+        apply_fill_notice,
+        account.id,
+        order_no=order_id,
+        side="buy",
+        stock_code="123450",
+        qty=3,
+        price=8_150,
+        name="새종목",
+    )
+
+    item.refresh_from_db()
+    assert (item.name, item.current_price, item.avg_price, item.pending) == ("새종목", 8_150, 8_150, False)
+
+
 def test_a_fill_notice_that_comes_before_its_trade_is_applied_confirms_it_once_applied(
     account, broker, run, redis_client
 ):

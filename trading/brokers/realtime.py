@@ -47,6 +47,7 @@ from websockets.asyncio.client import ClientConnection
 
 from .base import (
     KST,
+    MAX_STOCK_NAME_LENGTH,
     STOCK_CODE_RE,
     AuthenticationFailed,
     BadBrokerResponse,
@@ -164,6 +165,7 @@ class FillNotice:
     price: int
     time: str
     filled: bool
+    name: str = ""  # CNTG_ISNM40, KIS's name of the stock (absent from the 23-field records of before 2025)
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,10 @@ FILL_NOTICE_FIELDS = (
     "ACNT_NAME", "ORD_COND_PRC", "ORD_EXG_GB", "POPUP_YN", "FILLER", "CRDT_CLS",
     "CRDT_LOAN_DATE", "CNTG_ISNM40", "ODER_PRC",
 )  # fmt: skip
+# python-kis #80: three fields were inserted after ACNT_NAME in 2025; records of 23 fields lack them.
+FILL_NOTICE_FIELDS_BEFORE_2025 = tuple(
+    name for name in FILL_NOTICE_FIELDS if name not in ("ORD_COND_PRC", "ORD_EXG_GB", "POPUP_YN")
+)
 FILL_NOTICE_READ = (
     "CUST_ID",
     "ACNT_NO",
@@ -326,7 +332,8 @@ def parse_fill_notice(record: list[str]) -> FillNotice:
     """One fill-notice record, by field name; a BadBrokerResponse for this record alone."""
     if len(record) < FILL_NOTICE_MIN_FIELDS:
         raise BadBrokerResponse(f"a fill notice record of {len(record)} fields")
-    f = dict(zip(FILL_NOTICE_FIELDS, record, strict=False))
+    names = FILL_NOTICE_FIELDS if len(record) >= len(FILL_NOTICE_FIELDS) else FILL_NOTICE_FIELDS_BEFORE_2025
+    f = dict(zip(names, record, strict=False))
     if f["SELN_BYOV_CLS"] not in (SIDE_SELL, SIDE_BUY):
         raise BadBrokerResponse(f"a fill notice of side {f['SELN_BYOV_CLS'][:8]!r}")
     filled = f["CNTG_YN"] == CNTG_YN_FILLED
@@ -340,6 +347,7 @@ def parse_fill_notice(record: list[str]) -> FillNotice:
         price=whole_number(f["CNTG_UNPR"] or "0", "fill price", minimum=0),
         time=f["STCK_CNTG_HOUR"],
         filled=filled,
+        name=f.get("CNTG_ISNM40", "").strip()[:MAX_STOCK_NAME_LENGTH],
     )
 
 
