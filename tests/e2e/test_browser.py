@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.conf import settings
 from django.db import connections
+from django.utils import translation
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.fixtures.simulator import DEMO_CANO
@@ -129,7 +130,9 @@ def test_a_buy_in_one_page_appears_in_another_and_a_full_sell_removes_it(
     expect(row.locator('[data-field="current_price"]')).to_have_text("80,000원", timeout=LIVE_TIMEOUT_MS)
     expect(row.locator('[data-field="change"]')).to_have_text("▲1,200 (+1.52%)")
     expect(row.locator('[data-field="eval_amount"]')).to_have_text("400,000원")
-    expect(row.locator('[data-field="pnl"]')).to_have_text(signed_krw(round(400_000 - held["avg_price"] * 5)))
+    with translation.override("ko"):  # the page's language, whatever an earlier test left active here
+        pnl = signed_krw(round(400_000 - held["avg_price"] * 5))
+    expect(row.locator('[data-field="pnl"]')).to_have_text(pnl)
     expect(row.locator('[data-field="pnl"]')).to_have_class(re.compile("rise"))
     screenshot(watcher, "watchlist-after-buy-and-price-update-watcher")
 
