@@ -1,6 +1,6 @@
 """Abuse: hostile clients against one Daphne process while another user receives prices.
 
-    .venv/bin/python bench/abuse.py [--flood-seconds 60 --nested-sockets 5000 --quiet-seconds 30]
+    scripts/bench abuse [--flood-seconds 60 --nested-sockets 5000 --quiet-seconds 30]
 
 One Daphne (production settings, bench/ws_stack.py) and, in this process, a second user's socket that
 gets a price_update every PRICE_EVERY seconds through the channel layer (as the price feed sends them);
@@ -29,7 +29,7 @@ import multiprocessing
 import sys
 import time
 
-import ws_stack
+from bench import ws_stack
 
 PRICE_EVERY = 0.1  # seconds
 FLOOD_ITEMS = 150
