@@ -58,6 +58,9 @@ def test_a_sync_keeps_the_brokers_totals_and_the_snapshot_shows_them(sim_account
     page.force_login(sim_account.owner)
     html = page.get("/").content.decode()
     assert 'id="account-totals"' in html and f"{expected['total_eval']:,}원" in html
+    assert "총평가금액" in html and "예수금" in html
+    english = page.get("/", HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "Total evaluation" in english and "Deposit" in english and "총평가금액" not in english
 
 
 def test_a_broker_without_totals_leaves_the_last_ones_and_the_change_carries_them(
