@@ -17,6 +17,8 @@ from watchlist.socket_limits import MAX_FRAME_BYTES
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 30.0
+# As scripts/run starts the server: freed buffers of 32 KB and more go back to the system at once.
+SERVER_ENV = {"MALLOC_MMAP_THRESHOLD_": "32768"}
 
 
 def asgi_server_command(server: str, port: int) -> list[str]:
@@ -82,7 +84,7 @@ class AsgiServer:
             self.process = subprocess.Popen(
                 asgi_server_command(self.server, self.port),
                 cwd=ROOT,
-                env=self.env,
+                env={**self.env, **SERVER_ENV},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
