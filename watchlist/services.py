@@ -36,12 +36,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pandas as pd
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from trading.brokers.base import Broker, BrokerError, Side, validate_order
@@ -731,25 +731,13 @@ def claim_due_syncs(now: datetime | None = None) -> dict[int, datetime | None]:
     SyncState.objects.bulk_create(
         [SyncState(account_id=account_id) for account_id in never_synced], ignore_conflicts=True
     )
-    # One UPDATE claims and reports at once, so two dispatchers never queue the same account; the
-    # locked sub-select hands back each row's due time from before the claim.
-    table = SyncState._meta.db_table
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET next_attempt_at = %s FROM (SELECT id, next_attempt_at AS due_at FROM {table} "
-            f"WHERE next_attempt_at IS NULL OR next_attempt_at <= %s{lock}) AS due "
-            f"WHERE {table}.id = due.id RETURNING {table}.account_id, due.due_at",
-            [
-                connection.ops.adapt_datetimefield_value(now + lease),
-                connection.ops.adapt_datetimefield_value(now),
-            ],
+    # The due rows are locked while they are claimed, so two dispatchers never queue the same account:
+    # PostgreSQL makes the second wait and then finds them no longer due; SQLite's writers take turns.
+    with transaction.atomic():
+        due = dict(
+            SyncState.objects.select_for_update()
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .values_list("account_id", "next_attempt_at")
         )
-        return {account_id: _datetime_from_db(value) for account_id, value in cursor.fetchall()}
-
-
-def _datetime_from_db(value: datetime | str | None) -> datetime | None:
-    """PostgreSQL's driver returns an aware datetime; SQLite (development) its UTC text."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        SyncState.objects.filter(account_id__in=due).update(next_attempt_at=now + lease)
+    return due
