@@ -32,6 +32,7 @@ import sys
 import time
 
 from bench import ws_stack
+from devtools.seed import watch_many
 
 PRICE_EVERY = 0.1  # seconds
 FLOOD_ITEMS = 150
@@ -236,26 +237,6 @@ def run_phase(name: str, server, url: str, token: str, amount: float, victim: tu
         ),
         "abuse": abuse,
     }
-
-
-def watch_many(account_id: int, count: int) -> None:
-    from watchlist.models import Watchlist, WatchlistItem
-
-    watchlist = Watchlist.objects.get(account_id=account_id)
-    WatchlistItem.objects.bulk_create(
-        WatchlistItem(
-            watchlist=watchlist,
-            stock_code=f"{100000 + n:06d}",
-            name=f"종목 {n}",
-            quantity=10,
-            avg_price=71250.5,
-            current_price=72100,
-            eval_amount=721000,
-            pnl=8495,
-            pnl_rate=1.19,
-        )
-        for n in range(count)
-    )
 
 
 def main() -> None:

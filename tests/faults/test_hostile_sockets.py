@@ -14,7 +14,7 @@ from knox.models import AuthToken
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from watchlist.models import Watchlist, WatchlistItem
+from devtools.seed import watch_many
 from watchlist.socket_limits import CLOSE_FALLING_BEHIND, CLOSE_TOO_MANY, MAX_FRAME_BYTES, RATE
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -99,29 +99,11 @@ async def test_nested_frames_are_answered_error_and_leave_no_exception_in_the_lo
     assert "Exception inside application" not in daphne_server.log_tail(10_000)
 
 
-def watch_many_codes(account, count: int) -> None:
-    watchlist, _ = Watchlist.objects.get_or_create(account=account)
-    WatchlistItem.objects.bulk_create(
-        WatchlistItem(
-            watchlist=watchlist,
-            stock_code=f"{100000 + n:06d}",
-            name=f"종목 {n}",
-            quantity=10,
-            avg_price=71250.5,
-            current_price=72100,
-            eval_amount=721000,
-            pnl=8495,
-            pnl_rate=1.19,
-        )
-        for n in range(count)
-    )
-
-
 async def test_a_reader_that_stops_reading_is_closed_4408(daphne_server, user, account, token_key):
     """A `?render=html` socket asks for big snapshots and reads none: once what Daphne holds unsent for it
     passes the bound, it is closed (its client sees 4408 if it reads on, or the connection dropped when
     it never answers the close)."""
-    await database_sync_to_async(watch_many_codes)(account, 150)
+    await database_sync_to_async(watch_many)(account.id, 150)
     # The client library stops reading from the connection once one message waits unread.
     socket = await opened(daphne_server, token_key, "/ws/watchlist/?render=html", max_queue=1)
 
