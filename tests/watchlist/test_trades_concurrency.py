@@ -31,6 +31,16 @@ WAIT = 120  # seconds: a bound for a shared, noisy machine, never an expectation
 SYNC_PAUSE = 0.02
 
 
+def buy_five_005930(user):
+    """A buy through the API, from a thread of its own (which closes its database connection)."""
+    try:
+        return token_client(user).post(
+            "/execute-buy/005930", data=json.dumps({"qty": 5}), content_type="application/json"
+        )
+    finally:
+        connection.close()
+
+
 def test_a_sync_during_a_trade_cannot_count_its_fill_twice(user, account, memory_broker, sync_requests):
     memory_broker.set_holdings({"005930": 10})
     sync_and_record(account, memory_broker)
@@ -45,16 +55,8 @@ def test_a_sync_during_a_trade_cannot_count_its_fill_twice(user, account, memory
 
     memory_broker.place_order = place_order_then_stall
 
-    def buy():
-        try:
-            return token_client(user).post(
-                "/execute-buy/005930", data=json.dumps({"qty": 5}), content_type="application/json"
-            )
-        finally:
-            connection.close()
-
     with ThreadPoolExecutor(1) as pool:
-        trade = pool.submit(buy)
+        trade = pool.submit(buy_five_005930, user)
         assert filled.wait(timeout=WAIT)
         during = sync_and_record(account, memory_broker)
         sync_attempted.set()
@@ -91,16 +93,8 @@ def test_with_a_tiny_lock_timeout_and_a_slow_broker_a_fill_is_never_counted_twic
 
     memory_broker.place_order, memory_broker.get_acct_balance = slow_order, slow_read
 
-    def buy():
-        try:
-            return token_client(user).post(
-                "/execute-buy/005930", data=json.dumps({"qty": 5}), content_type="application/json"
-            )
-        finally:
-            connection.close()
-
     with ThreadPoolExecutor(1) as pool:
-        trade = pool.submit(buy)
+        trade = pool.submit(buy_five_005930, user)
         assert filled.wait(timeout=WAIT)
         sync_and_record(account, memory_broker)
         assert trade.result(timeout=WAIT).status_code == 200
@@ -131,16 +125,8 @@ def test_an_order_given_up_by_a_read_is_not_applied_late(
 
     memory_broker.place_order = order_then_stall
 
-    def buy():
-        try:
-            return token_client(user).post(
-                "/execute-buy/005930", data=json.dumps({"qty": 5}), content_type="application/json"
-            )
-        finally:
-            connection.close()
-
     with ThreadPoolExecutor(1) as pool:
-        trade = pool.submit(buy)
+        trade = pool.submit(buy_five_005930, user)
         assert filled.wait(timeout=WAIT)
         sync_and_record(account, memory_broker)  # the read counts the fill: 15
         synced.set()
