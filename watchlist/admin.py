@@ -9,6 +9,7 @@ dispatcher queues.
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 
+from .diff import ITEM_FIELDS
 from .jobs import request_sync
 from .models import PendingTrade, SyncState, Watchlist, WatchlistChange, WatchlistItem
 from .selectors import sync_health
@@ -47,18 +48,7 @@ def sync_now(modeladmin: admin.ModelAdmin, request, queryset: QuerySet) -> None:
 
 class WatchlistItemInline(ReadOnlyInline):
     model = WatchlistItem
-    fields = [
-        "stock_code",
-        "name",
-        "quantity",
-        "avg_price",
-        "current_price",
-        "eval_amount",
-        "pnl",
-        "pnl_rate",
-        "pending",
-        "updated_at",
-    ]
+    fields = [*ITEM_FIELDS, "updated_at"]  # the item's values, as the API and the socket show them
     readonly_fields = fields
 
 
